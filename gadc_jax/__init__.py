@@ -1,0 +1,1 @@
+"""gadc_jax: geometry-aware dataset condensation and diffusion training in JAX."""
