@@ -1,0 +1,49 @@
+"""The pipeline job: runs the jobs of `config.stages` in order, then prints a summary."""
+
+import importlib
+import os
+
+import ml_collections
+
+from gadc_jax import artifacts
+from gadc_jax import jobs
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> None:
+  for stage in config.stages:
+    if stage not in jobs.JOBS or stage == 'pipeline':
+      raise artifacts.UserError(f'unknown stage {stage!r} in config.stages; known: '
+                                + ', '.join(j for j in jobs.JOBS if j != 'pipeline'))
+  for stage in config.stages:
+    importlib.import_module(jobs.JOBS[stage]).run(config, workdir)
+  print(summary(config, workdir))
+
+
+def summary(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """A human summary of what the stages wrote, with paths to open."""
+  lines = [f'== gadc_jax pipeline: {workdir}']
+  for name in config.classifier.networks:
+    path = os.path.join(workdir, 'classifiers', name, 'classifier.json')
+    if os.path.exists(path):
+      rec = artifacts.read_json(path)
+      lines.append(f'classifier {name:<11} {rec["arch"]:<11} test accuracy '
+                   f'{rec["test_accuracy"]:.4f}  {os.path.dirname(path)}')
+  for name in config.features.networks:
+    for split in config.features.splits:
+      path = os.path.join(workdir, 'features', f'{name}-{split}', 'manifest.json')
+      if os.path.exists(path):
+        man = artifacts.read_json(path)
+        lines.append(f'features   {name}-{split}: {man["num_examples"]} images, '
+                     f'{man["feature_dim"]}-d  {os.path.dirname(path)}')
+  sel_root = os.path.join(workdir, 'selections')
+  for name in sorted(os.listdir(sel_root)) if os.path.isdir(sel_root) else []:
+    path = os.path.join(sel_root, name, 'selection.json')
+    if not os.path.exists(path):
+      continue
+    sel = artifacts.read_json(path)
+    lines.append(f'selection  {name}: {sel["num_selected"]} images, mean objective '
+                 f'{sel["objective_mean"]:.4f}, {sel["seconds"]:.1f} s')
+    for space, diag in sel['diagnostics'].items():
+      lines.append(f'  [{space}] ' + ', '.join(f'{k} {v:.4g}' for k, v in diag.items()))
+    lines.append(f'  grid: {os.path.join(sel_root, name, "grid.png")}')
+  return '\n'.join(lines)

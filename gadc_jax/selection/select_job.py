@@ -1,0 +1,257 @@
+"""The select job: a per-class subset of a split, by any selection method, with diagnostics.
+
+Reads the FeatureStore of `select.network` (and of every `select.eval_networks`, to judge the
+selection in spaces it did not optimise), splits the budget over the classes, runs the method
+on batches of classes, and writes to WORKDIR/selections/NAME/:
+
+    classes/class-00007.json   one finished class (resume skips these)
+    selection.npz              per-class offsets, within-class indices, split positions, ids
+    selection.json             config, input fingerprints, m and objective per class,
+                               diagnostics per class and averaged, per feature space
+    grid.png                   the selected images, a row per class
+
+On several hosts each takes a disjoint set of classes; host 0 merges.
+"""
+
+import os
+import time
+from typing import Any
+
+from absl import logging
+import jax
+from jax.experimental import multihost_utils
+import ml_collections
+import numpy as np
+import tqdm
+
+from gadc_jax import artifacts
+from gadc_jax import features as features_lib
+from gadc_jax import report
+from gadc_jax.data import input_pipeline
+from gadc_jax.selection import methods
+from gadc_jax.selection import objective
+from gadc_jax.selection import problem as problem_lib
+from gadc_jax.transport import diagnostics as diagnostics_lib
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The select job's options; every method's options sit under its own name."""
+  config = ml_collections.ConfigDict({
+      'method': 'gadc',
+      'budget': '10%',         # '10%' of the split, '1000' images, or '10/class'.
+      'seed': 0,
+      'network': 'selection',  # feature space (and classifier) the method selects in.
+      'split': 'train',
+      'eval_networks': ('evaluation',),  # further spaces the diagnostics are computed in.
+      'tau': 0.0,              # candidate filter: max probability below tau is excluded.
+      'classes_per_batch': 16,
+      'name': '',              # output folder; '' = METHOD-BUDGET-seedSEED.
+      'grid_classes': 10,
+      'grid_per_class': 10,
+      'diagnostics': diagnostics_lib.default_config(),
+  })
+  for name in methods.METHOD_NAMES:
+    config[name] = methods.get_method(name)[1]()
+  return config
+
+
+def per_class_budget(budget: str, class_sizes: np.ndarray) -> np.ndarray:
+  """Balanced per-class sizes m_c for a budget string (see default_config).
+
+  A total B over C classes gives B // C each; the remainder goes one each to the largest
+  classes (ties to the lower class index).
+  """
+  budget = str(budget).strip()
+  num_classes = len(class_sizes)
+  try:
+    if budget.endswith('/class'):
+      return np.full(num_classes, int(budget[:-len('/class')]), np.int64)
+    if budget.endswith('%'):
+      total = int(round(float(budget[:-1]) / 100 * class_sizes.sum()))
+    else:
+      total = int(budget)
+  except ValueError:
+    raise artifacts.UserError(
+        f"select.budget {budget!r} is not '10%', '1000' or '10/class'") from None
+  m = np.full(num_classes, total // num_classes, np.int64)
+  largest = np.lexsort((np.arange(num_classes), -class_sizes))
+  m[largest[:total % num_classes]] += 1
+  return m
+
+
+def _validate(store: features_lib.FeatureStore, m: np.ndarray, budget: str) -> None:
+  sizes = store.class_sizes()
+  for c, (n, k) in enumerate(zip(sizes, m)):
+    if n == 0:
+      raise artifacts.UserError(f'class {c} has no images in {store.path}')
+    if k < 1:
+      raise artifacts.UserError(
+          f'budget {budget} gives class {c} no image ({len(sizes)} classes); raise the budget')
+    if k > n:
+      raise artifacts.UserError(
+          f'budget {budget} asks {k} images of class {c}, which has only {n}')
+
+
+def _class_problem(store, c: int, tau: float) -> problem_lib.ClassProblem:
+  feats = np.asarray(store.load('features', c), np.float32)
+  bad = np.argwhere(~np.isfinite(feats))
+  if len(bad):
+    row = int(bad[0, 0])
+    raise artifacts.UserError(
+        f'non-finite features in {store.path}: class {c}, row {row} '
+        f'(id {store.load("ids", c)[row]})')
+  return problem_lib.make_problem(
+      feats, store.probs(c), store.load('ce', c), store.load('entropy', c),
+      store.load('maxprob', c), tau=tau)
+
+
+def _open_stores(config, workdir: str):
+  cfg = config.select
+  store = features_lib.open_store(config, workdir, cfg.network, cfg.split)
+  info = input_pipeline.split_info(config.data, cfg.split)
+  if store.manifest['inputs']['dataset'][:3] != [info.dataset, info.version, info.split]:
+    raise artifacts.UserError(
+        f'{store.path} holds features of {store.manifest["inputs"]["dataset"][:3]}, not of '
+        f'config.data {[info.dataset, info.version, info.split]}')
+  eval_stores = {}
+  for name in cfg.eval_networks:
+    other = features_lib.open_store(config, workdir, name, cfg.split)
+    if not (np.array_equal(other.offsets, store.offsets)
+            and np.array_equal(other.load('positions'), store.load('positions'))):
+      raise artifacts.UserError(f'{other.path} and {store.path} do not hold the same images')
+    eval_stores[name] = other
+  return store, eval_stores
+
+
+def _run_name(cfg) -> str:
+  return cfg.name or f'{cfg.method}-{str(cfg.budget).replace("/", "per")}-seed{cfg.seed}'
+
+
+def _class_path(out: str, c: int) -> str:
+  return os.path.join(out, 'classes', f'class-{c:05d}.json')
+
+
+def _score_class(config, store, eval_stores, c, prob, indices) -> dict[str, Any]:
+  """Objective and diagnostics of one class's subset, in every feature space."""
+  cfg = config.select
+  diag = {cfg.network: diagnostics_lib.diagnostics(prob.features, indices, prob.ce,
+                                                   cfg.diagnostics)}
+  for name, other in eval_stores.items():
+    diag[name] = diagnostics_lib.diagnostics(
+        np.asarray(other.load('features', c), np.float32), indices,
+        np.asarray(other.load('ce', c)), cfg.diagnostics)
+  return {
+      'class': c,
+      'indices': [int(i) for i in indices],
+      'ids': [str(store.load('ids', c)[i]) for i in indices],
+      'objective': float(objective.objective_of(prob, np.asarray(indices), cfg.gadc)),
+      'diagnostics': diag,
+  }
+
+
+def _select_classes(config, store, eval_stores, out, classes, m) -> None:
+  """Runs the method on `classes` (all with budget m), writing one file per class."""
+  cfg = config.select
+  select_fn, _ = methods.get_method(cfg.method)
+  seed_key = jax.random.PRNGKey(cfg.seed)
+  bar = tqdm.tqdm(total=len(classes), desc=f'select {cfg.method} m={m}', unit='class')
+  for i in range(0, len(classes), cfg.classes_per_batch):
+    batch = classes[i:i + cfg.classes_per_batch]
+    probs = [problem_lib.with_min_candidates(_class_problem(store, c, cfg.tau), m)
+             for c in batch]
+    keys = jax.vmap(lambda c: jax.random.fold_in(seed_key, c))(np.asarray(batch))
+    result = select_fn(problem_lib.stack_problems(probs), m, cfg[cfg.method], keys)
+    for c, prob, idx in zip(batch, probs, np.asarray(result.indices)):
+      artifacts.atomic_write_json(
+          _class_path(out, c), _score_class(config, store, eval_stores, c, prob, idx))
+    bar.update(len(batch))
+  bar.close()
+
+
+def _merge(config, store, out: str, m: np.ndarray, inputs, expected, seconds) -> dict:
+  records = [artifacts.read_json(_class_path(out, c)) for c in range(store.num_classes)]
+  offsets = np.concatenate([[0], np.cumsum(m)])
+  indices = np.concatenate([r['indices'] for r in records]).astype(np.int64)
+  positions = np.concatenate(
+      [np.asarray(store.load('positions', r['class']))[r['indices']] for r in records])
+  ids = np.concatenate([r['ids'] for r in records]).astype(str)
+  artifacts.atomic_write_npz(
+      os.path.join(out, 'selection.npz'), offsets=offsets, indices=indices,
+      positions=positions, ids=ids,
+      labels=np.repeat(np.arange(store.num_classes), m).astype(np.int32))
+  spaces = list(records[0]['diagnostics'])
+  summary = {
+      'fingerprint': expected,
+      'inputs': inputs,
+      'config': config.select.to_dict(),
+      'num_selected': int(m.sum()),
+      'per_class': m.tolist(),
+      'objective_mean': float(np.mean([r['objective'] for r in records])),
+      'objective': [r['objective'] for r in records],
+      'diagnostics': {s: diagnostics_lib.average([r['diagnostics'][s] for r in records])
+                      for s in spaces},
+      'class_diagnostics': [r['diagnostics'] for r in records],
+      'seconds': seconds,
+  }
+  artifacts.atomic_write_json(os.path.join(out, 'selection.json'), summary)
+  _write_grid(config, store, out, records)
+  return summary
+
+
+def _write_grid(config, store, out: str, records) -> None:
+  cfg = config.select
+  shown = [np.asarray(store.load('positions', r['class']))[r['indices'][:cfg.grid_per_class]]
+           for r in records[:cfg.grid_classes]]
+  images = input_pipeline.read_examples(config.data, cfg.split, np.concatenate(shown))['image']
+  rows = np.split(images, np.cumsum([len(s) for s in shown])[:-1])
+  report.save_image_grid(rows, os.path.join(out, 'grid.png'))
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  cfg = config.select
+  methods.get_method(cfg.method)  # fail early on an unknown method.
+  store, eval_stores = _open_stores(config, workdir)
+  m = per_class_budget(cfg.budget, store.class_sizes())
+  _validate(store, m, cfg.budget)
+  inputs = {
+      'features': store.fingerprint,
+      'eval_features': {k: s.fingerprint for k, s in eval_stores.items()},
+      'method': cfg.method,
+      'method_config': cfg[cfg.method].to_dict(),
+      'objective_config': cfg.gadc.to_dict(),
+      'diagnostics': cfg.diagnostics.to_dict(),
+      'per_class': m.tolist(),
+      'seed': cfg.seed,
+      'tau': cfg.tau,
+  }
+  expected = artifacts.fingerprint(inputs)
+  out = os.path.join(workdir, 'selections', _run_name(cfg))
+  final = os.path.join(out, 'selection.json')
+  if os.path.exists(final):
+    summary = artifacts.read_json(final)
+    artifacts.check_fingerprint(final, expected, summary['fingerprint'], 'selection')
+    logging.info('selection %s already complete; skipping.', out)
+    return summary
+  started = os.path.join(out, 'classes', 'inputs.json')
+  if os.path.exists(started):
+    artifacts.check_fingerprint(started, expected, artifacts.read_json(started)['fingerprint'],
+                                'selection')
+  elif jax.process_index() == 0:
+    artifacts.atomic_write_json(started, {'fingerprint': expected, 'inputs': inputs})
+  multihost_utils.sync_global_devices(f'select {out} start')
+
+  t0 = time.time()
+  mine = [c for c in range(store.num_classes) if c % jax.process_count() == jax.process_index()]
+  todo = [c for c in mine if not os.path.exists(_class_path(out, c))]
+  logging.info('select %s: %d classes, %d left on this host, %d images in all', out,
+               store.num_classes, len(todo), int(m.sum()))
+  for size in sorted(set(m[todo].tolist())):
+    _select_classes(config, store, eval_stores, out, [c for c in todo if m[c] == size], size)
+  multihost_utils.sync_global_devices(f'select {out} classes')
+  summary = None
+  if jax.process_index() == 0:
+    summary = _merge(config, store, out, m, inputs, expected, time.time() - t0)
+    logging.info('selection written to %s (mean objective %.4f)', out,
+                 summary['objective_mean'])
+  multihost_utils.sync_global_devices(f'select {out} merged')
+  return summary if summary is not None else artifacts.read_json(final)

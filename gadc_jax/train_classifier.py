@@ -1,0 +1,190 @@
+"""The train_classifier job: small Flax classifiers trained with optax, orbax-checkpointed.
+
+On digits this trains the selection network and the evaluation network (different
+architecture and seed). Each network lands in WORKDIR/classifiers/NAME/: orbax checkpoints,
+TensorBoard events, and classifier.json (the record later jobs read: arch, fingerprint of
+the params, test accuracy). A finished network is skipped; an interrupted one resumes from
+its last checkpoint and ends with the same params as an uninterrupted run.
+"""
+
+import functools
+import os
+from typing import Any
+
+from absl import logging
+from clu import metric_writers
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+from gadc_jax import artifacts
+from gadc_jax import encoders
+from gadc_jax.data import input_pipeline
+
+
+def to_unit_range(images: jnp.ndarray) -> jnp.ndarray:
+  """uint8 images [..., H, W, C] -> float32 in [-1, 1]."""
+  return images.astype(jnp.float32) / 127.5 - 1.0
+
+
+def network_kwargs(net_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Module keyword arguments: every key of a network's config but arch and seed."""
+  return {k: v for k, v in net_cfg.items() if k not in ('arch', 'seed')}
+
+
+def classifier_dir(workdir: str, name: str) -> str:
+  return os.path.join(workdir, 'classifiers', name)
+
+
+def _init_state(model, tx, seed: int, image_shape) -> dict[str, Any]:
+  params = model.init(jax.random.PRNGKey(seed), jnp.zeros((1,) + tuple(image_shape)))
+  return {'params': params, 'opt_state': tx.init(params), 'step': jnp.zeros((), jnp.int32)}
+
+
+def _optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  return optax.adamw(cfg.learning_rate, weight_decay=cfg.weight_decay)
+
+
+def _loss(params, model, images, labels):
+  _, logits = model.apply(params, to_unit_range(images))
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'tx'))
+def train_step(state, images, labels, *, model, tx):
+  """One AdamW step. images [B, H, W, C] uint8, labels [B] int32 -> (state, loss)."""
+  loss, grads = jax.value_and_grad(_loss)(state['params'], model, images, labels)
+  updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
+  params = optax.apply_updates(state['params'], updates)
+  return {'params': params, 'opt_state': opt_state, 'step': state['step'] + 1}, loss
+
+
+@functools.partial(jax.jit, static_argnames=('model',))
+def _predict(params, images, *, model):
+  return jnp.argmax(model.apply(params, to_unit_range(images))[1], axis=-1)
+
+
+def accuracy(model, params, images: np.ndarray, labels: np.ndarray, batch_size=1024) -> float:
+  correct = 0
+  for i in range(0, len(labels), batch_size):
+    pred = _predict(params, images[i:i + batch_size], model=model)
+    correct += int(np.sum(np.asarray(pred) == labels[i:i + batch_size]))
+  return correct / len(labels)
+
+
+def batch_indices(key: jax.Array, step: int, num_examples: int, batch_size: int) -> np.ndarray:
+  """The examples of a step: a function of (key, step) only, so a resumed run sees the same."""
+  perm = jax.random.permutation(jax.random.fold_in(key, step), num_examples)
+  return np.asarray(perm[:batch_size])
+
+
+def _inputs(config, name: str) -> dict[str, Any]:
+  info = input_pipeline.split_info(config.data, config.classifier.train_split)
+  return {
+      'dataset': [info.dataset, info.version, info.split, info.num_examples],
+      'image_size': config.data.image_size,
+      'network': config.networks[name].to_dict(),
+      'training': config.classifier.to_dict(),
+  }
+
+
+def train_network(config: ml_collections.ConfigDict, workdir: str, name: str) -> dict:
+  """Trains network `name` of config.networks (or returns its record if already trained)."""
+  out = classifier_dir(workdir, name)
+  record_path = os.path.join(out, 'classifier.json')
+  inputs = _inputs(config, name)
+  expected = artifacts.fingerprint(inputs)
+  if os.path.exists(record_path):
+    record = artifacts.read_json(record_path)
+    artifacts.check_fingerprint(record_path, expected, record['fingerprint'], 'classifier')
+    logging.info('classifier %s already trained (test accuracy %.4f); skipping.', name,
+                 record['test_accuracy'])
+    return record
+  # An interrupted run left its inputs here; resuming from other inputs would mix them.
+  inputs_path = os.path.join(out, 'inputs.json')
+  if os.path.exists(inputs_path):
+    artifacts.check_fingerprint(inputs_path, expected,
+                                artifacts.read_json(inputs_path)['fingerprint'], 'classifier')
+  else:
+    artifacts.atomic_write_json(inputs_path, {'fingerprint': expected, 'inputs': inputs})
+
+  cfg = config.classifier
+  net_cfg = config.networks[name]
+  train = input_pipeline.load_split_arrays(config.data, cfg.train_split)
+  test = input_pipeline.load_split_arrays(config.data, cfg.eval_split)
+  info = input_pipeline.split_info(config.data, cfg.train_split)
+  model = encoders.build(net_cfg.arch, info.num_classes, **network_kwargs(net_cfg))
+  tx = _optimizer(cfg)
+  state = _init_state(model, tx, net_cfg.seed, info.image_shape)
+
+  mngr = ocp.CheckpointManager(
+      os.path.join(out, 'checkpoints'),
+      options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+  if mngr.latest_step() is not None:
+    state = mngr.restore(mngr.latest_step(), args=ocp.args.StandardRestore(state))
+    logging.info('classifier %s: resuming at step %d', name, int(state['step']))
+
+  writer = metric_writers.create_default_writer(out, just_logging=jax.process_index() > 0)
+  key = jax.random.PRNGKey(net_cfg.seed + 1)
+  num = len(train['label'])
+  for step in range(int(state['step']), cfg.steps):
+    idx = batch_indices(key, step, num, cfg.batch_size)
+    state, loss = train_step(state, train['image'][idx], train['label'][idx], model=model, tx=tx)
+    if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+      writer.write_scalars(step + 1, {'train_loss': float(loss)})
+    if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+      mngr.save(step + 1, args=ocp.args.StandardSave(state))
+  mngr.wait_until_finished()
+
+  test_acc = accuracy(model, state['params'], test['image'], test['label'])
+  writer.write_scalars(cfg.steps, {'test_accuracy': test_acc})
+  writer.flush()
+  logging.info('classifier %s (%s): test accuracy %.4f', name, net_cfg.arch, test_acc)
+  record = {
+      'fingerprint': expected,
+      'inputs': inputs,
+      'arch': net_cfg.arch,
+      'num_classes': info.num_classes,
+      'params_fingerprint': artifacts.array_fingerprint(state['params']),
+      'test_accuracy': test_acc,
+      'step': cfg.steps,
+  }
+  artifacts.atomic_write_json(record_path, record)
+  return record
+
+
+def load_network(config: ml_collections.ConfigDict, workdir: str, name: str):
+  """(module, params, record) of a trained network; a UserError if it was never trained."""
+  if name not in config.networks:
+    raise artifacts.UserError(
+        f'unknown network {name!r}; config.networks has: {", ".join(config.networks)}')
+  out = classifier_dir(workdir, name)
+  record_path = os.path.join(out, 'classifier.json')
+  if not os.path.exists(record_path):
+    raise artifacts.UserError(
+        f'no trained classifier {name!r} in {out}; run the train_classifier job first')
+  record = artifacts.read_json(record_path)
+  net_cfg = config.networks[name]
+  model = encoders.build(net_cfg.arch, record['num_classes'], **network_kwargs(net_cfg))
+  info = input_pipeline.split_info(config.data, config.classifier.train_split)
+  tx = _optimizer(config.classifier)
+  abstract = jax.eval_shape(lambda: _init_state(model, tx, net_cfg.seed, info.image_shape))
+  mngr = ocp.CheckpointManager(os.path.join(out, 'checkpoints'))
+  try:
+    state = mngr.restore(record['step'], args=ocp.args.StandardRestore(abstract))
+  except Exception as e:  # orbax raises assorted types for a missing or misshaped tree.
+    raise artifacts.UserError(
+        f'checkpoint of classifier {name!r} in {out} does not match config.networks.{name} '
+        f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""})') from None
+  found = artifacts.array_fingerprint(state['params'])
+  artifacts.check_fingerprint(os.path.join(out, 'checkpoints'), record['params_fingerprint'],
+                              found, 'params')
+  return model, state['params'], record
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> None:
+  for name in config.classifier.networks:
+    train_network(config, workdir, name)

@@ -1,0 +1,34 @@
+"""Shared fixtures: a digits config on a private TFDS dir, and a workdir with the
+classifiers and features of the default pipeline (built once per test session)."""
+
+import os
+import runpy
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import pytest  # pylint: disable=g-import-not-at-top
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def digits_config(data_dir: str):
+  config = runpy.run_path(os.path.join(REPO, 'configs', 'digits.py'))['get_config']()
+  config.data.data_dir = data_dir
+  return config
+
+
+@pytest.fixture(scope='session')
+def tfds_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp('tfds'))
+
+
+@pytest.fixture(scope='session')
+def digits_workdir(tmp_path_factory, tfds_dir):
+  """(config, workdir) after train_classifier and features of configs/digits.py."""
+  from gadc_jax import features  # pylint: disable=g-import-not-at-top
+  from gadc_jax import train_classifier  # pylint: disable=g-import-not-at-top
+  config = digits_config(tfds_dir)
+  workdir = str(tmp_path_factory.mktemp('digits'))
+  train_classifier.run(config, workdir)
+  features.run(config, workdir)
+  return config, workdir

@@ -1,0 +1,165 @@
+"""The select job on the digits stores: outputs, resume, refusals, clear errors."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from gadc_jax import artifacts
+from gadc_jax import features
+from gadc_jax.selection import select_job
+
+
+def test_per_class_budget_forms():
+  sizes = np.array([10, 30, 20, 30])
+  np.testing.assert_array_equal(select_job.per_class_budget('5/class', sizes), [5, 5, 5, 5])
+  # 10 over 4 classes: 2 each, the remainder 2 to the largest classes (ties: lower index).
+  np.testing.assert_array_equal(select_job.per_class_budget('10', sizes), [2, 3, 2, 3])
+  # 10% of 90 images = 9: 2 each, one more for class 1.
+  np.testing.assert_array_equal(select_job.per_class_budget('10%', sizes), [2, 3, 2, 2])
+  with pytest.raises(artifacts.UserError, match="'ten'"):
+    select_job.per_class_budget('ten', sizes)
+
+
+def _workdir_with_links(digits_workdir, tmp_path):
+  """A fresh workdir sharing the (read-only here) classifiers and features."""
+  config, workdir = digits_workdir
+  for sub in ('classifiers', 'features'):
+    os.symlink(os.path.join(workdir, sub), tmp_path / sub)
+  return config.copy_and_resolve_references(), str(tmp_path)
+
+
+def _selection(workdir, name):
+  out = os.path.join(workdir, 'selections', name)
+  with np.load(os.path.join(out, 'selection.npz')) as z:
+    arrays = {k: z[k] for k in z.files}
+  return out, arrays, artifacts.read_json(os.path.join(out, 'selection.json'))
+
+
+@pytest.mark.parametrize('method', ['gadc', 'herding'])
+def test_select_writes_a_checked_selection(digits_workdir, tmp_path, method):
+  config, workdir = _workdir_with_links(digits_workdir, tmp_path)
+  config.select.method = method
+  config.select.budget = '5/class'
+  summary = select_job.run(config, workdir)
+  out, sel, js = _selection(workdir, f'{method}-5perclass-seed0')
+  assert summary['fingerprint'] == js['fingerprint']
+  store = features.open_store(config, workdir, 'selection', 'train')
+  np.testing.assert_array_equal(sel['offsets'], np.arange(0, 55, 5))
+  for c in range(10):
+    idx = sel['indices'][sel['offsets'][c]:sel['offsets'][c + 1]]
+    assert len(set(idx.tolist())) == 5
+    np.testing.assert_array_equal(sel['ids'][5 * c:5 * c + 5], store.load('ids', c)[idx])
+    np.testing.assert_array_equal(sel['positions'][5 * c:5 * c + 5],
+                                  store.load('positions', c)[idx])
+  assert set(js['diagnostics']) == {'selection', 'evaluation'}
+  for space in js['diagnostics'].values():
+    assert {'w2', 'pot', 'mmd', 'coverage', 'ce'} <= set(space)
+    assert all(np.isfinite(v) for v in space.values())
+  assert len(js['objective']) == 10 and all(np.isfinite(js['objective']))
+  assert os.path.getsize(os.path.join(out, 'grid.png')) > 100
+  # Run again: finished, skipped, nothing rewritten.
+  mtime = os.path.getmtime(os.path.join(out, 'selection.json'))
+  select_job.run(config, workdir)
+  assert os.path.getmtime(os.path.join(out, 'selection.json')) == mtime
+  # Same folder, other inputs: refused, nothing overwritten.
+  config.select.gadc.w_ce = 123.0  # the objective every selection is scored with.
+  with pytest.raises(artifacts.UserError, match='selection fingerprint mismatch'):
+    select_job.run(config, workdir)
+  assert os.path.getmtime(os.path.join(out, 'selection.json')) == mtime
+
+
+def test_gadc_beats_random_on_its_objective(digits_workdir, tmp_path):
+  config, workdir = _workdir_with_links(digits_workdir, tmp_path)
+  config.select.budget = '5/class'
+  results = {}
+  for method in ('gadc', 'random'):
+    config.select.method = method
+    results[method] = select_job.run(config, workdir)
+  assert np.all(np.array(results['gadc']['objective'])
+                < np.array(results['random']['objective']))
+
+
+def test_killed_then_resumed_equals_uninterrupted(digits_workdir, tmp_path, monkeypatch):
+  config, workdir = _workdir_with_links(digits_workdir, tmp_path)
+  config.select.method = 'kcenter'
+  config.select.budget = '3/class'
+  config.select.classes_per_batch = 2
+  select_job.run(config, workdir)
+  _, reference, ref_js = _selection(workdir, 'kcenter-3perclass-seed0')
+
+  config.select.name = 'interrupted'
+  real = select_job._score_class
+  calls = {'n': 0}
+
+  def dying(*args, **kwargs):
+    if calls['n'] == 5:
+      raise KeyboardInterrupt
+    calls['n'] += 1
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(select_job, '_score_class', dying)
+  with pytest.raises(KeyboardInterrupt):
+    select_job.run(config, workdir)
+  done = os.listdir(os.path.join(workdir, 'selections', 'interrupted', 'classes'))
+  assert len([f for f in done if f.startswith('class-')]) == 5
+  monkeypatch.setattr(select_job, '_score_class', real)
+  select_job.run(config, workdir)
+  _, resumed, res_js = _selection(workdir, 'interrupted')
+  for k in reference:
+    np.testing.assert_array_equal(resumed[k], reference[k])
+  assert res_js['objective'] == ref_js['objective']
+
+
+def test_budget_larger_than_a_class(digits_workdir, tmp_path):
+  config, workdir = _workdir_with_links(digits_workdir, tmp_path)
+  config.select.budget = '1000/class'
+  with pytest.raises(artifacts.UserError, match=r'asks 1000 images of class 0, which has only'):
+    select_job.run(config, workdir)
+  assert not os.path.exists(os.path.join(workdir, 'selections'))
+
+
+def _copied_store(digits_workdir, tmp_path):
+  """A workdir with its own copy of the selection store, to corrupt."""
+  config, workdir = digits_workdir
+  os.symlink(os.path.join(workdir, 'classifiers'), tmp_path / 'classifiers')
+  for name in ('selection-train', 'evaluation-train'):
+    shutil.copytree(os.path.join(workdir, 'features', name), tmp_path / 'features' / name)
+  config = config.copy_and_resolve_references()
+  config.select.budget = '2/class'
+  config.select.method = 'random'
+  return config, str(tmp_path), str(tmp_path / 'features' / 'selection-train')
+
+
+def test_nan_features_name_class_and_row(digits_workdir, tmp_path):
+  config, workdir, store_path = _copied_store(digits_workdir, tmp_path)
+  feats = np.load(os.path.join(store_path, 'features.npy'))
+  offsets = artifacts.read_json(os.path.join(store_path, 'manifest.json'))['offsets']
+  feats[offsets[3] + 7, 2] = np.nan
+  np.save(os.path.join(store_path, 'features.npy'), feats)
+  with pytest.raises(artifacts.UserError, match=r'class 3, row 7 \(id digits-\d+\)'):
+    select_job.run(config, workdir)
+
+
+def test_empty_class(digits_workdir, tmp_path):
+  config, workdir, store_path = _copied_store(digits_workdir, tmp_path)
+  manifest_path = os.path.join(store_path, 'manifest.json')
+  manifest = artifacts.read_json(manifest_path)
+  manifest['offsets'][5] = manifest['offsets'][4]  # class 4 now holds no rows.
+  artifacts.atomic_write_json(manifest_path, manifest)
+  with pytest.raises(artifacts.UserError, match='class 4 has no images'):
+    select_job.run(config, workdir)
+
+
+def test_features_of_another_split_are_refused(digits_workdir, tmp_path):
+  config, workdir, store_path = _copied_store(digits_workdir, tmp_path)
+  config.select.split = 'test'
+  with pytest.raises(artifacts.UserError, match='run the features job'):
+    select_job.run(config, workdir)
+  # A train store put where the test store belongs does not pass for it.
+  for name in ('selection', 'evaluation'):
+    shutil.copytree(os.path.join(workdir, 'features', f'{name}-train'),
+                    os.path.join(workdir, 'features', f'{name}-test'))
+  with pytest.raises(artifacts.UserError, match='features fingerprint mismatch'):
+    select_job.run(config, workdir)
