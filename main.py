@@ -5,6 +5,7 @@ input (a config key that does not exist, a missing file, mismatched artifacts) e
 line that names the problem and a non-zero exit.
 """
 
+import logging as std_logging
 import os
 import sys
 
@@ -28,6 +29,13 @@ _MULTIHOST = flags.DEFINE_bool(
     'TPU pods and SLURM, where jax finds the coordinator from the environment).')
 
 
+class _QuietLibraries(std_logging.Filter):
+  """Drops the INFO chatter of TFDS (one line per dataset read) from our logs."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or 'tensorflow_datasets' not in record.pathname
+
+
 def _fail(message: str) -> None:
   print(f'error: {message}', file=sys.stderr)
   sys.exit(2)
@@ -49,6 +57,7 @@ def main(argv: list[str]) -> None:
     _fail(f'unexpected arguments: {" ".join(argv[1:])}')
   if _WORKDIR.value is None:
     _fail('--workdir is required')
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   if _MULTIHOST.value:
     jax.distributed.initialize()
   logging.info('host %d of %d; %d local / %d global devices: %s', jax.process_index(),

@@ -41,7 +41,8 @@ def test_store_is_sorted_by_class_and_matches_the_network(digits_workdir):
   np.testing.assert_allclose(arrays['features'][:50], feats, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(arrays['probs'][:50], probs, rtol=1e-5, atol=1e-6)
   lab = arrays['labels'][:50]
-  np.testing.assert_allclose(arrays['ce'][:50], -np.log(probs[np.arange(50), lab]), rtol=1e-4)
+  np.testing.assert_allclose(arrays['ce'][:50], -np.log(probs[np.arange(50), lab]),
+                             rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(arrays['entropy'][:50], -np.sum(probs * np.log(probs), 1),
                              rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(arrays['maxprob'][:50], probs.max(1), rtol=1e-6)

@@ -143,11 +143,12 @@ def test_nan_features_name_class_and_row(digits_workdir, tmp_path):
 
 
 def test_empty_class(digits_workdir, tmp_path):
-  config, workdir, store_path = _copied_store(digits_workdir, tmp_path)
-  manifest_path = os.path.join(store_path, 'manifest.json')
-  manifest = artifacts.read_json(manifest_path)
-  manifest['offsets'][5] = manifest['offsets'][4]  # class 4 now holds no rows.
-  artifacts.atomic_write_json(manifest_path, manifest)
+  config, workdir, _ = _copied_store(digits_workdir, tmp_path)
+  for name in ('selection-train', 'evaluation-train'):
+    manifest_path = os.path.join(workdir, 'features', name, 'manifest.json')
+    manifest = artifacts.read_json(manifest_path)
+    manifest['offsets'][5] = manifest['offsets'][4]  # class 4 now holds no rows.
+    artifacts.atomic_write_json(manifest_path, manifest)
   with pytest.raises(artifacts.UserError, match='class 4 has no images'):
     select_job.run(config, workdir)
 
