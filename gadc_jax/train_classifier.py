@@ -18,11 +18,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 
 from gadc_jax import artifacts
 from gadc_jax import encoders
 from gadc_jax.data import input_pipeline
+from gadc_jax.training import checkpoints
 
 
 def to_unit_range(images: jnp.ndarray) -> jnp.ndarray:
@@ -120,11 +120,9 @@ def train_network(config: ml_collections.ConfigDict, workdir: str, name: str) ->
   tx = _optimizer(cfg)
   state = _init_state(model, tx, net_cfg.seed, info.image_shape)
 
-  mngr = ocp.CheckpointManager(
-      os.path.join(out, 'checkpoints'),
-      options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
-  if mngr.latest_step() is not None:
-    state = mngr.restore(mngr.latest_step(), args=ocp.args.StandardRestore(state))
+  ckpt = checkpoints.Checkpointer(os.path.join(out, 'checkpoints'), keep=1)
+  if ckpt.latest_step is not None:
+    state = ckpt.restore(state)
     logging.info('classifier %s: resuming at step %d', name, int(state['step']))
 
   writer = metric_writers.create_default_writer(out, just_logging=jax.process_index() > 0)
@@ -136,8 +134,8 @@ def train_network(config: ml_collections.ConfigDict, workdir: str, name: str) ->
     if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
       writer.write_scalars(step + 1, {'train_loss': float(loss)})
     if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-      mngr.save(step + 1, args=ocp.args.StandardSave(state))
-  mngr.wait_until_finished()
+      ckpt.save(step + 1, state)
+  ckpt.wait()
 
   test_acc = accuracy(model, state['params'], test['image'], test['label'])
   writer.write_scalars(cfg.steps, {'test_accuracy': test_acc})
@@ -172,9 +170,9 @@ def load_network(config: ml_collections.ConfigDict, workdir: str, name: str):
   info = input_pipeline.split_info(config.data, config.classifier.train_split)
   tx = _optimizer(config.classifier)
   abstract = jax.eval_shape(lambda: _init_state(model, tx, net_cfg.seed, info.image_shape))
-  mngr = ocp.CheckpointManager(os.path.join(out, 'checkpoints'))
   try:
-    state = mngr.restore(record['step'], args=ocp.args.StandardRestore(abstract))
+    state = checkpoints.Checkpointer(os.path.join(out, 'checkpoints')).restore(
+        abstract, record['step'])
   except Exception as e:  # orbax raises assorted types for a missing or misshaped tree.
     raise artifacts.UserError(
         f'checkpoint of classifier {name!r} in {out} does not match config.networks.{name} '
