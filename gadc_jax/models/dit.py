@@ -1,0 +1,298 @@
+"""DiT and SiT backbones (Peebles & Xie 2023; Ma et al. 2024) in Flax linen, in one file.
+
+A latent [B, H, W, C] is cut into p x p patches, embedded, given fixed 2-D sin-cos positions and
+passed through `depth` transformer blocks whose LayerNorms are modulated by the timestep plus
+class embedding (adaLN-Zero); a final modulated layer maps every token back to a p x p x C_out
+patch. SiT uses the same backbone; only the output width differs (no learned sigma).
+
+Parameter names follow the original DiT release (x_embedder, t_embedder, y_embedder, blocks_N
+with attn/qkv, attn/proj, mlp/fc1, mlp/fc2, adaLN_modulation, final_layer) so that converting
+a published checkpoint is a rename (see convert.py).
+
+Options used by the GADC paper's D2C setups:
+  * REPA (Yu et al. 2025): an MLP projector on the tokens after block `repa_depth`, aligned to
+    the patch features of a frozen encoder with `repa_loss`.
+  * D2C's Attach: per-class text embeddings [num_classes, T, E] reduced over the T tokens by a
+    1-d convolution and passed through an MLP, then added to the class embedding.
+"""
+
+import math
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gadc_jax.artifacts import UserError
+
+# The published sizes: (depth, hidden width, patch, heads). SiT reuses DiT's backbones.
+_SIZES = {'S': (12, 384, 6), 'B': (12, 768, 12), 'L': (24, 1024, 16), 'XL': (28, 1152, 16)}
+DIT_CONFIGS = {
+    f'{family}-{size}/{patch}': dict(depth=depth, hidden=hidden, patch=patch, heads=heads)
+    for family in ('DiT', 'SiT')
+    for size, (depth, hidden, heads) in _SIZES.items()
+    for patch in (2, 4, 8)
+}
+
+# Frequencies of the timestep embedding, as in DiT's TimestepEmbedder.
+FREQUENCY_EMBEDDING_SIZE = 256
+
+
+def make_dit(name: str, **kwargs) -> 'DiT':
+  """The model called `name` (a key of DIT_CONFIGS); kwargs override the other fields.
+
+  DiT predicts noise and a variance interpolation (learn_sigma: 2C output channels), SiT a
+  velocity (C channels). The SiT release itself builds its models with learn_sigma=True and
+  ignores the second half; pass learn_sigma=True to load such a checkpoint.
+  """
+  if name not in DIT_CONFIGS:
+    raise UserError(f'unknown model {name!r}; known: {", ".join(DIT_CONFIGS)}')
+  kwargs.setdefault('learn_sigma', name.startswith('DiT'))
+  return DiT(**DIT_CONFIGS[name], **kwargs)
+
+
+def param_shapes(model: 'DiT', input_size: int = 32, in_channels: int = 4) -> Any:
+  """The params tree of `model` as jax.ShapeDtypeStructs, allocating nothing (eval_shape)."""
+  spec = lambda shape, dtype=jnp.float32: jax.ShapeDtypeStruct(shape, dtype)
+  init = lambda x, t, y, text: model.init(jax.random.key(0), x, t, y, train=False,
+                                          text_table=text)
+  return jax.eval_shape(
+      init, spec((1, input_size, input_size, in_channels)), spec((1,)), spec((1,), jnp.int32),
+      spec((model.num_classes, model.text_tokens, model.text_dim)))['params']
+
+
+def param_count(model: 'DiT', input_size: int = 32, in_channels: int = 4) -> int:
+  """Parameters of `model` on [input_size, input_size, in_channels] latents, as published.
+
+  The count includes the fixed sin-cos position table (tokens x hidden), which the DiT release
+  stores as a frozen nn.Parameter and counts; here it is a constant, not a parameter.
+  DiT-XL/2 at 256 px (latent 32x32x4): 675,129,632.
+  """
+  shapes = param_shapes(model, input_size, in_channels)
+  tokens = (input_size // model.patch) ** 2
+  return sum(a.size for a in jax.tree_util.tree_leaves(shapes)) + tokens * model.hidden
+
+
+def timestep_embedding(t: jnp.ndarray, dim: int, max_period: float = 10000.0) -> jnp.ndarray:
+  """Sinusoidal embedding of (possibly fractional) timesteps t [B] -> [B, dim], cos then sin."""
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  args = t.astype(jnp.float32)[:, None] * freqs[None]
+  return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+
+
+def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int) -> np.ndarray:
+  """Fixed MAE/DiT positions for a row-major grid of tokens -> [grid_h * grid_w, dim].
+
+  The first dim/2 channels encode the column index and the last dim/2 the row index, each as
+  [sin, cos] over dim/4 frequencies, as in the DiT release (whose meshgrid puts w first).
+  """
+  if dim % 4:
+    raise UserError(f'DiT hidden width {dim} must be divisible by 4 for 2-D sin-cos positions')
+  omega = 1.0 / 10000 ** (np.arange(dim // 4, dtype=np.float64) / (dim // 4))
+  rows, cols = np.meshgrid(np.arange(grid_h), np.arange(grid_w), indexing='ij')
+
+  def encode(pos):
+    out = pos.reshape(-1)[:, None] * omega[None]
+    return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+  return np.concatenate([encode(cols), encode(rows)], axis=1).astype(np.float32)
+
+
+def modulate(x: jnp.ndarray, shift: jnp.ndarray, scale: jnp.ndarray) -> jnp.ndarray:
+  """x [B, N, D] with per-example shift, scale [B, 1, D]."""
+  return x * (1 + scale) + shift
+
+
+def repa_loss(pred: jnp.ndarray, target: jnp.ndarray) -> jnp.ndarray:
+  """Negative cosine similarity of pred and target [B, N, D], averaged over tokens -> scalar."""
+  pred = pred.astype(jnp.float32)
+  target = target.astype(jnp.float32)
+  # Same epsilon as torch.nn.functional.normalize, so an all-zero token gives 0, not NaN.
+  pred = pred / jnp.maximum(jnp.linalg.norm(pred, axis=-1, keepdims=True), 1e-12)
+  target = target / jnp.maximum(jnp.linalg.norm(target, axis=-1, keepdims=True), 1e-12)
+  return -jnp.mean(jnp.sum(pred * target, axis=-1))
+
+
+# DiT initialises linear layers with Xavier-uniform and zero biases.
+_xavier = nn.initializers.xavier_uniform()
+_zeros = nn.initializers.zeros
+
+
+def _layer_norm(name: Optional[str] = None) -> nn.LayerNorm:
+  # Affine-free: adaLN supplies the shift and scale.
+  return nn.LayerNorm(epsilon=1e-6, use_bias=False, use_scale=False, name=name)
+
+
+class Mlp(nn.Module):
+  """Dense layers fc1, fc2, ... of the given widths with `activation` between them."""
+  features: Sequence[int]
+  activation: Any = nn.silu
+  init: Any = _xavier
+  out_init: Any = _xavier
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    for i, width in enumerate(self.features, 1):
+      last = i == len(self.features)
+      x = nn.Dense(width, dtype=self.dtype, kernel_init=self.out_init if last else self.init,
+                   name=f'fc{i}')(x)
+      if not last:
+        x = self.activation(x)
+    return x
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention with a fused qkv projection: [B, N, D] -> [B, N, D]."""
+  heads: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    b, n, d = x.shape
+    # The fused output is laid out (3, heads, head_dim), as in timm's Attention.
+    qkv = nn.Dense(3 * d, dtype=self.dtype, kernel_init=_xavier, name='qkv')(x)
+    q, k, v = jnp.moveaxis(qkv.reshape(b, n, 3, self.heads, d // self.heads), 2, 0)
+    out = jax.nn.dot_product_attention(q, k, v).reshape(b, n, d)
+    return nn.Dense(d, dtype=self.dtype, kernel_init=_xavier, name='proj')(out)
+
+
+class DiTBlock(nn.Module):
+  """Transformer block with adaLN-Zero: tokens x [B, N, D], conditioning c [B, D] -> [B, N, D].
+
+  The modulation starts at zero, so every block starts as the identity.
+  """
+  heads: int
+  mlp_ratio: float = 4.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, c):
+    d = x.shape[-1]
+    mod = nn.Dense(6 * d, dtype=self.dtype, kernel_init=_zeros,
+                   name='adaLN_modulation')(nn.silu(c))[:, None]
+    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, -1)
+    h = modulate(_layer_norm()(x), shift_msa, scale_msa)
+    x = x + gate_msa * Attention(self.heads, dtype=self.dtype, name='attn')(h)
+    h = modulate(_layer_norm()(x), shift_mlp, scale_mlp)
+    mlp = Mlp((int(d * self.mlp_ratio), d), activation=lambda y: nn.gelu(y, approximate=True),
+              dtype=self.dtype, name='mlp')
+    return x + gate_mlp * mlp(h)
+
+
+class FinalLayer(nn.Module):
+  """Modulated norm and linear map of tokens x [B, N, D] -> [B, N, features]; zero at start."""
+  features: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, c):
+    mod = nn.Dense(2 * x.shape[-1], dtype=self.dtype, kernel_init=_zeros,
+                   name='adaLN_modulation')(nn.silu(c))[:, None]
+    shift, scale = jnp.split(mod, 2, -1)
+    x = modulate(_layer_norm()(x), shift, scale)
+    return nn.Dense(self.features, dtype=self.dtype, kernel_init=_zeros, name='linear')(x)
+
+
+class DiT(nn.Module):
+  """Diffusion transformer: (x [B, H, W, C], t [B], y [B]) -> [B, H, W, C_out].
+
+  C_out is 2C with learn_sigma (noise and variance interpolation), else C.
+
+  Classifier-free guidance: the label embedding table has a null class (index num_classes).
+  `drop_labels` [B] bool replaces the marked labels by it (e.g. the unconditional half of a
+  guided batch). Without it, training (train=True, class_dropout_prob > 0) drops each label
+  with probability class_dropout_prob using the 'label_dropout' PRNG stream:
+  `model.apply(params, x, t, y, train=True, rngs={'label_dropout': key})`.
+
+  With repa_depth > 0 the call returns (out, {'repa': [B, N, repa_dim]}), the projected tokens
+  after block repa_depth (N = H W / patch^2, row-major).
+
+  With text_tokens > 0 (D2C's Attach) the call needs `text_table` [num_classes, text_tokens,
+  text_dim]: the per-class text-encoder outputs (FLAN-T5-XL: 16 tokens of width 2048). The
+  tokens of a class are mixed into one vector by a 1-d convolution of kernel 1 whose input
+  channels are the tokens (a learned weighted sum over tokens plus a bias), passed through an
+  MLP to the hidden width and added to the class embedding. The MLP's last layer starts at zero
+  so the model starts as the plain class-conditional one; dropped labels get no text.
+
+  dtype is the computation dtype (e.g. jnp.bfloat16); parameters stay float32 and the outputs
+  are float32.
+  """
+  depth: int
+  hidden: int
+  patch: int
+  heads: int
+  num_classes: int = 1000
+  mlp_ratio: float = 4.0
+  class_dropout_prob: float = 0.1
+  learn_sigma: bool = True
+  repa_depth: int = 0
+  repa_dim: int = 768
+  repa_hidden: int = 2048
+  text_tokens: int = 0
+  text_dim: int = 0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, t, y, *, train: bool, drop_labels: Optional[jnp.ndarray] = None,
+               text_table: Optional[jnp.ndarray] = None):
+    b, height, width, channels = x.shape
+    p = self.patch
+    if height % p or width % p:
+      raise UserError(f'image size {height}x{width} is not divisible by the DiT patch size {p}')
+    if self.repa_depth > self.depth:
+      raise UserError(f'repa_depth {self.repa_depth} exceeds the model depth {self.depth}')
+    gh, gw = height // p, width // p
+    c_out = 2 * channels if self.learn_sigma else channels
+
+    # Patch embedding, initialised like a linear layer on the flattened patch.
+    x = nn.Conv(self.hidden, (p, p), strides=(p, p), padding='VALID', dtype=self.dtype,
+                kernel_init=nn.initializers.xavier_uniform(in_axis=(0, 1, 2), out_axis=-1),
+                name='x_embedder')(x.astype(self.dtype))
+    pos = jnp.asarray(sincos_pos_embed_2d(self.hidden, gh, gw), self.dtype)
+    x = x.reshape(b, gh * gw, self.hidden) + pos
+
+    normal = nn.initializers.normal(0.02)
+    t_emb = Mlp((self.hidden, self.hidden), init=normal, out_init=normal, dtype=self.dtype,
+                name='t_embedder')(timestep_embedding(t, FREQUENCY_EMBEDDING_SIZE))
+
+    if drop_labels is None and train and self.class_dropout_prob > 0:
+      drop_labels = jax.random.bernoulli(
+          self.make_rng('label_dropout'), self.class_dropout_prob, y.shape)
+    keep = jnp.ones(y.shape, bool) if drop_labels is None else ~drop_labels
+    labels = jnp.where(keep, y, self.num_classes)
+    y_emb = nn.Embed(self.num_classes + 1, self.hidden, embedding_init=normal,
+                     dtype=self.dtype, name='y_embedder')(labels)
+    if self.text_tokens:
+      y_emb = y_emb + keep[:, None] * self._text_embedding(text_table, y)
+    c = t_emb + y_emb
+
+    extras = {}
+    for i in range(self.depth):
+      x = DiTBlock(self.heads, self.mlp_ratio, dtype=self.dtype, name=f'blocks_{i}')(x, c)
+      if i + 1 == self.repa_depth:
+        # The REPA projector: a 3-layer SiLU MLP, float32 out for the loss.
+        projector = Mlp((self.repa_hidden, self.repa_hidden, self.repa_dim),
+                        dtype=self.dtype, name='projector')
+        extras['repa'] = projector(x).astype(jnp.float32)
+
+    out = FinalLayer(p * p * c_out, dtype=self.dtype, name='final_layer')(x, c)
+    # Tokens (row, col) with channels (p_row, p_col, c) back to the image grid.
+    out = out.reshape(b, gh, gw, p, p, c_out).transpose(0, 1, 3, 2, 4, 5)
+    out = out.reshape(b, height, width, c_out).astype(jnp.float32)
+    return (out, extras) if self.repa_depth else out
+
+  def _text_embedding(self, text_table, y):
+    """Attach's text branch: table [K, T, E] and labels y [B] -> [B, hidden]."""
+    expected = (self.num_classes, self.text_tokens, self.text_dim)
+    if text_table is None:
+      raise UserError(f'this DiT uses class text embeddings: pass text_table {expected}')
+    if tuple(text_table.shape) != expected:
+      raise UserError(f'text embeddings have shape {tuple(text_table.shape)}, the model '
+                      f'expects {expected} (classes, tokens, width)')
+    tokens = text_table[y].astype(self.dtype).transpose(0, 2, 1)  # [B, E, T]
+    mixed = nn.Conv(1, (1,), dtype=self.dtype, name='text_conv')(tokens)[..., 0]  # [B, E]
+    return Mlp((self.hidden, self.hidden), out_init=_zeros, dtype=self.dtype,
+               name='text_mlp')(mixed)
