@@ -37,7 +37,8 @@ class _QuietLibraries(std_logging.Filter):
 
 
 def _fail(message: str) -> None:
-  print(f'error: {message}', file=sys.stderr)
+  # One line: JAX appends notes to exceptions raised under tracing.
+  print(f'error: {message.splitlines()[0] if message else "failed"}', file=sys.stderr)
   sys.exit(2)
 
 

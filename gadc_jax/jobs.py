@@ -13,6 +13,9 @@ JOBS = {
     'train_classifier': 'gadc_jax.train_classifier',
     'features': 'gadc_jax.features',
     'select': 'gadc_jax.selection.select_job',
+    'train': 'gadc_jax.training.train',
+    'sample': 'gadc_jax.evaluation.sample',
+    'evaluate': 'gadc_jax.evaluation.evaluate',
     'pipeline': 'gadc_jax.pipeline',
 }
 

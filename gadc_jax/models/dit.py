@@ -49,7 +49,7 @@ def make_dit(name: str, **kwargs) -> 'DiT':
   if name not in DIT_CONFIGS:
     raise UserError(f'unknown model {name!r}; known: {", ".join(DIT_CONFIGS)}')
   kwargs.setdefault('learn_sigma', name.startswith('DiT'))
-  return DiT(**DIT_CONFIGS[name], **kwargs)
+  return DiT(**{**DIT_CONFIGS[name], **kwargs})
 
 
 def param_shapes(model: 'DiT', input_size: int = 32, in_channels: int = 4) -> Any:

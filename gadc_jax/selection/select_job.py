@@ -214,6 +214,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   m = per_class_budget(cfg.budget, store.class_sizes())
   _validate(store, m, cfg.budget)
   inputs = {
+      'dataset': store.manifest['inputs']['dataset'][:3],
       'features': store.fingerprint,
       'eval_features': {k: s.fingerprint for k, s in eval_stores.items()},
       'method': cfg.method,

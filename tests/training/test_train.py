@@ -1,0 +1,194 @@
+"""The train and sample jobs on digits: exact resume, SIGTERM, sharding, refusals."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from gadc_jax import artifacts
+from gadc_jax.evaluation import sample
+from gadc_jax.training import checkpoints
+from gadc_jax.training import train
+from gadc_jax.training import train_state
+from tests.conftest import REPO, digits_config
+
+
+def tiny_config(tfds_dir, **train_overrides):
+  config = digits_config(tfds_dir)
+  config.train = train.default_config()
+  config.train.model_overrides = ml_collections.ConfigDict(
+      {'depth': 1, 'hidden': 32, 'heads': 2})
+  config.train.update({**dict(steps=6, batch_size=8, checkpoint_every=3, log_every=3,
+                              grid_per_class=1), **train_overrides})
+  config.train.sampler.steps = 5
+  config.sample = sample.default_config()
+  config.sample.update(dict(num_samples=12, batch_size=5))
+  config.sample.sampler.steps = 5
+  return config
+
+
+def _final_params(config, workdir):
+  _, params, _ = sample.load_ema_params(config, workdir)
+  state = checkpoints.Checkpointer(
+      os.path.join(train.run_dir(workdir, config.train), 'checkpoints')).manager
+  return params, state.latest_step()
+
+
+def test_kill_and_resume_is_bit_identical(tfds_dir, tmp_path, monkeypatch):
+  config = tiny_config(tfds_dir)
+  train.run(config, str(tmp_path / 'full'))
+
+  real = train_state.make_train_step
+
+  def dying_after(n):
+    def make(*args, **kwargs):
+      step = real(*args, **kwargs)
+      calls = {'n': 0}
+
+      def wrapped(*a):
+        if calls['n'] == n:
+          raise KeyboardInterrupt  # a kill after the step-3 checkpoint.
+        calls['n'] += 1
+        return step(*a)
+      return wrapped
+    return make
+
+  monkeypatch.setattr(train_state, 'make_train_step', dying_after(4))
+  with pytest.raises(KeyboardInterrupt):
+    train.run(config, str(tmp_path / 'resumed'))
+  monkeypatch.setattr(train_state, 'make_train_step', real)
+  train.run(config, str(tmp_path / 'resumed'))
+
+  full, _ = _final_params(config, str(tmp_path / 'full'))
+  resumed, step = _final_params(config, str(tmp_path / 'resumed'))
+  assert step == 6
+  jax.tree.map(np.testing.assert_array_equal, full, resumed)
+  grids = [f for f in os.listdir(train.run_dir(str(tmp_path / 'full'), config.train))
+           if f.startswith('grid-')]
+  assert grids == ['grid-0000006.png']
+
+
+def test_sigterm_checkpoints_and_stops(tfds_dir, tmp_path, monkeypatch):
+  config = tiny_config(tfds_dir, checkpoint_every=100)
+  real = train_state.make_train_step
+
+  def make(*args, **kwargs):
+    step = real(*args, **kwargs)
+    calls = {'n': 0}
+
+    def wrapped(*a):
+      calls['n'] += 1
+      if calls['n'] == 2:
+        os.kill(os.getpid(), signal.SIGTERM)
+      return step(*a)
+    return wrapped
+
+  monkeypatch.setattr(train_state, 'make_train_step', make)
+  old = signal.getsignal(signal.SIGTERM)
+  try:
+    assert train.run(config, str(tmp_path)) == {}
+  finally:
+    signal.signal(signal.SIGTERM, old)
+  ckpt = checkpoints.Checkpointer(os.path.join(train.run_dir(str(tmp_path), config.train),
+                                               'checkpoints'))
+  assert ckpt.latest_step == 2
+  assert not os.path.exists(os.path.join(train.run_dir(str(tmp_path), config.train),
+                                         'train.json'))
+
+
+_ONE_STEP = textwrap.dedent('''
+    import sys
+    sys.path.insert(0, {repo!r})
+    import jax, numpy as np, ml_collections, runpy
+    from gadc_jax.training import train, train_state
+    from gadc_jax.diffusion import gaussian
+    config = runpy.run_path({repo!r} + '/configs/digits.py')['get_config']()
+    config.train = train.default_config()
+    config.train.model_overrides = ml_collections.ConfigDict(dict(depth=1, hidden=32, heads=2))
+    cfg = config.train
+    model = train.build_model(cfg, 10)
+    tx = train.optimizer(cfg)
+    mesh = train_state.make_mesh({fsdp})
+    init = lambda: train.init_state(model, tx, jax.random.PRNGKey(0), (8, 8, 1))
+    shardings = train_state.param_sharding(mesh, jax.eval_shape(init), min_size=64)
+    state = jax.jit(init, out_shardings=shardings)()
+    step = train_state.make_train_step(
+        train.make_loss_fn(model, cfg, gaussian.create_diffusion(), None), tx, 0.9, mesh,
+        shardings)
+    rng = np.random.default_rng(0)
+    batch = {{'x': rng.uniform(-1, 1, (16, 8, 8, 1)).astype(np.float32),
+             'y': rng.integers(0, 10, 16).astype(np.int32)}}
+    batch = jax.device_put(batch, train_state.batch_sharding(mesh))
+    state, metrics = step(state, batch, jax.random.PRNGKey(1))
+    leaves = jax.tree.leaves(jax.device_get(state.params))
+    np.savez({out!r}, loss=np.asarray(metrics['loss']), *leaves)
+    print(len(jax.devices()))
+''')
+
+
+def _one_step(tmp_path, devices, fsdp):
+  out = str(tmp_path / f'step-{devices}-{fsdp}.npz')
+  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+             JAX_PLATFORMS='cpu')
+  result = subprocess.run([sys.executable, '-c', _ONE_STEP.format(repo=REPO, out=out,
+                                                                  fsdp=fsdp)],
+                          env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.split()[-1] == str(devices)
+  with np.load(out) as z:
+    return {k: z[k] for k in z.files}
+
+
+def test_one_step_on_8_devices_equals_1_device(tmp_path):
+  one = _one_step(tmp_path, 1, 1)
+  for fsdp in (1, 2):  # pure data parallel, and data x fsdp
+    eight = _one_step(tmp_path, 8, fsdp)
+    for k in one:
+      np.testing.assert_allclose(eight[k], one[k], rtol=2e-4, atol=2e-6, err_msg=k)
+
+
+def test_sample_job_is_balanced_resumable_and_checked(tfds_dir, tmp_path):
+  config = tiny_config(tfds_dir)
+  workdir = str(tmp_path)
+  train.run(config, workdir)
+  summary = sample.run(config, workdir)
+  with np.load(summary['path']) as z:
+    images, labels = z['images'], z['labels']
+  assert images.shape == (12, 8, 8, 1) and images.dtype == np.uint8
+  np.testing.assert_array_equal(labels, np.arange(12) % 10)
+  # Resume: drop the merged file and one part; the redone part is identical.
+  out = os.path.dirname(summary['path'])
+  os.remove(os.path.join(out, 'samples.json'))
+  os.remove(os.path.join(out, 'parts', 'part-00001.npz'))
+  sample.run(config, workdir)
+  with np.load(summary['path']) as z:
+    np.testing.assert_array_equal(z['images'], images)
+  # Another model size cannot read this checkpoint: a clear error, nothing overwritten.
+  config.train.model_overrides.hidden = 64
+  config.train.name = train.run_name(tiny_config(tfds_dir).train)
+  with pytest.raises(artifacts.UserError):
+    sample.load_ema_params(config, workdir)
+
+
+def test_bad_input(tfds_dir, tmp_path):
+  config = tiny_config(tfds_dir)
+  config.train.model_overrides.patch = 3
+  with pytest.raises(artifacts.UserError, match='not divisible by the DiT patch size 3'):
+    train.run(config, str(tmp_path / 'a'))
+  config = tiny_config(tfds_dir, selection='elsewhere')
+  folder = tmp_path / 'b' / 'selections' / 'elsewhere'
+  os.makedirs(folder)
+  artifacts.atomic_write_json(str(folder / 'selection.json'), {
+      'fingerprint': 'x', 'inputs': {'dataset': ['imagenet2012', '5.1.0', 'train']}})
+  with pytest.raises(artifacts.UserError, match="was made on \\['imagenet2012'"):
+    train.run(config, str(tmp_path / 'b'))
+  config = tiny_config(tfds_dir)
+  config.train.space = 'latent'
+  with pytest.raises(artifacts.UserError, match='vae.checkpoint'):
+    train.run(config, str(tmp_path / 'c'))
