@@ -30,10 +30,11 @@ _MULTIHOST = flags.DEFINE_bool(
 
 
 class _QuietLibraries(std_logging.Filter):
-  """Drops the INFO chatter of TFDS (one line per dataset read) from our logs."""
+  """Drops the INFO chatter of TFDS and orbax (lines per read and save) from our logs."""
 
   def filter(self, record: std_logging.LogRecord) -> bool:
-    return record.levelno >= std_logging.WARNING or 'tensorflow_datasets' not in record.pathname
+    return record.levelno >= std_logging.WARNING or not any(
+        lib in record.pathname for lib in ('tensorflow_datasets', 'orbax'))
 
 
 def _fail(message: str) -> None:

@@ -3,20 +3,25 @@
     python main.py --config=configs/digits.py --workdir=workdir/digits
 
 Stages: two classifiers (selection network, evaluation network), features of the train split
-in both spaces, then a GADC selection of 10% of the train split scored in both spaces.
+in both spaces, a GADC selection of 10% of the train split scored in both spaces, a small DiT
+trained on the selection in pixel space, class-balanced samples with classifier-free guidance,
+and their FID / IS / precision / recall in the evaluation network's space.
 """
 
 import ml_collections
 
 from gadc_jax.data import input_pipeline
+from gadc_jax.evaluation import evaluate
+from gadc_jax.evaluation import sample
 from gadc_jax.selection import select_job
+from gadc_jax.training import train
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   del arg
   config = ml_collections.ConfigDict()
   config.job = 'pipeline'
-  config.stages = ('train_classifier', 'features', 'select')
+  config.stages = ('train_classifier', 'features', 'select', 'train', 'sample', 'evaluate')
 
   config.data = input_pipeline.default_data_config()
 
@@ -49,4 +54,27 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.select = select_job.default_config()
   config.select.method = 'gadc'
   config.select.budget = '10%'
+
+  # A small DiT on the 8x8 pixels of the selection (16 tokens of 2x2 patches).
+  config.train = train.default_config()
+  config.train.selection = '@select'
+  config.train.model = 'DiT-S/2'
+  config.train.model_overrides = ml_collections.ConfigDict(
+      {'depth': 4, 'hidden': 128, 'heads': 4})
+  config.train.steps = 3000
+  config.train.batch_size = 64
+  config.train.learning_rate = 1e-3
+  config.train.ema_decay = 0.999
+  config.train.log_every = 250
+  config.train.checkpoint_every = 1000
+  config.train.sampler.steps = 100
+
+  config.sample = sample.default_config()
+  config.sample.num_samples = 1000
+  config.sample.batch_size = 500
+  config.sample.sampler.steps = 100
+
+  config.evaluate = evaluate.default_config()
+  config.evaluate.networks = ('evaluation',)
+  config.evaluate.reference = 'split:train'
   return config

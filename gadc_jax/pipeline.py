@@ -46,4 +46,16 @@ def summary(config: ml_collections.ConfigDict, workdir: str) -> str:
     for space, diag in sel['diagnostics'].items():
       lines.append(f'  [{space}] ' + ', '.join(f'{k} {v:.4g}' for k, v in diag.items()))
     lines.append(f'  grid: {os.path.join(sel_root, name, "grid.png")}')
+  for kind, record_name in (('train', 'train.json'), ('samples', 'samples.json')):
+    root = os.path.join(workdir, kind)
+    for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+      if os.path.exists(os.path.join(root, name, record_name)):
+        grids = sorted(f for f in os.listdir(os.path.join(root, name)) if f.startswith('grid'))
+        lines.append(f'{kind:<10} {name}: grid {os.path.join(root, name, grids[-1])}')
+  eval_root = os.path.join(workdir, 'eval')
+  for name in sorted(os.listdir(eval_root)) if os.path.isdir(eval_root) else []:
+    if name.endswith('.json'):
+      rec = artifacts.read_json(os.path.join(eval_root, name))
+      lines.append(f'evaluate   {name[:-5]}: ' + ', '.join(
+          f'{k} {v:.4g}' for k, v in sorted(rec['metrics'].items())))
   return '\n'.join(lines)

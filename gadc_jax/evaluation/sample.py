@@ -105,7 +105,7 @@ def generate(config, model, params, labels: np.ndarray, key: jax.Array,
 def load_ema_params(config, workdir: str):
   """(model, EMA params) of the finished train run that config.train names."""
   cfg = config.train
-  out = train_lib.run_dir(workdir, cfg)
+  out = train_lib.run_dir(workdir, config)
   if not os.path.exists(os.path.join(out, 'train.json')):
     raise artifacts.UserError(f'no finished training run in {out}; run the train job first')
   record = artifacts.read_json(os.path.join(out, 'train.json'))
@@ -125,11 +125,20 @@ def load_ema_params(config, workdir: str):
   return model, state.ema_params, record
 
 
+def run_name(config) -> str:
+  return config.sample.name or train_lib.run_name(config)
+
+
+def samples_file(config, workdir: str) -> str:
+  """Where the sample job of `config` writes its samples .npz."""
+  return os.path.join(workdir, 'samples', run_name(config), 'samples.npz')
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   cfg = config.sample
   model, params, record = load_ema_params(config, workdir)
-  name = cfg.name or train_lib.run_name(config.train)
-  out = os.path.join(workdir, 'samples', name)
+  name = run_name(config)
+  out = os.path.dirname(samples_file(config, workdir))
   inputs = {'train': record['fingerprint'], 'num_samples': cfg.num_samples,
             'batch_size': cfg.batch_size, 'seed': cfg.seed, 'sampler': cfg.sampler.to_dict()}
   expected = artifacts.fingerprint(inputs)

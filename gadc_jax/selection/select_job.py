@@ -123,7 +123,7 @@ def _open_stores(config, workdir: str):
   return store, eval_stores
 
 
-def _run_name(cfg) -> str:
+def run_name(cfg) -> str:
   return cfg.name or f'{cfg.method}-{str(cfg.budget).replace("/", "per")}-seed{cfg.seed}'
 
 
@@ -226,7 +226,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       'tau': cfg.tau,
   }
   expected = artifacts.fingerprint(inputs)
-  out = os.path.join(workdir, 'selections', _run_name(cfg))
+  out = os.path.join(workdir, 'selections', run_name(cfg))
   final = os.path.join(out, 'selection.json')
   if os.path.exists(final):
     summary = artifacts.read_json(final)

@@ -41,7 +41,9 @@ def default_config() -> ml_collections.ConfigDict:
       'name': '',                # output folder; '' = MODEL-SELECTION (or MODEL-SPLIT).
       'model': 'DiT-S/2',        # a name of models.dit.DIT_CONFIGS: DiT-* or SiT-*.
       'model_overrides': ml_collections.ConfigDict(),  # e.g. depth / hidden / heads.
-      'selection': '',           # a folder of WORKDIR/selections; '' trains on the split.
+      # A folder of WORKDIR/selections; '@select' is the one config.select writes; '' trains
+      # on the whole split.
+      'selection': '',
       'split': 'train',
       'space': 'pixel',          # 'pixel' or 'latent' (SD-VAE).
       'vae': ml_collections.ConfigDict({
@@ -85,13 +87,21 @@ class TrainingSet(NamedTuple):
   labels: np.ndarray
 
 
-def run_name(cfg) -> str:
-  source = cfg.selection or cfg.split
-  return cfg.name or f'{cfg.model.replace("/", "_")}-{source}'
+def selection_name(config) -> str:
+  """The selection folder config.train trains on ('' for the whole split)."""
+  if config.train.selection == '@select':
+    from gadc_jax.selection import select_job  # pylint: disable=g-import-not-at-top
+    return select_job.run_name(config.select)
+  return config.train.selection
 
 
-def run_dir(workdir: str, cfg) -> str:
-  return os.path.join(workdir, 'train', run_name(cfg))
+def run_name(config) -> str:
+  cfg = config.train
+  return cfg.name or f'{cfg.model.replace("/", "_")}-{selection_name(config) or cfg.split}'
+
+
+def run_dir(workdir: str, config) -> str:
+  return os.path.join(workdir, 'train', run_name(config))
 
 
 def build_model(cfg, num_classes: int) -> dit_lib.DiT:
@@ -110,10 +120,11 @@ def training_positions(config, workdir: str) -> tuple[np.ndarray, np.ndarray, di
   cfg = config.train
   info = input_pipeline.split_info(config.data, cfg.split)
   dataset = [info.dataset, info.version, info.split]
-  if not cfg.selection:  # the whole split (it is held in memory: meant for small sets).
+  selection = selection_name(config)
+  if not selection:  # the whole split (it is held in memory: meant for small sets).
     labels = input_pipeline.load_split_arrays(config.data, cfg.split)['label']
     return np.arange(info.num_examples), labels, {'dataset': dataset}
-  folder = os.path.join(workdir, 'selections', cfg.selection)
+  folder = os.path.join(workdir, 'selections', selection)
   summary = artifacts.read_json(os.path.join(folder, 'selection.json'))
   if summary['inputs'].get('dataset') != dataset:
     raise artifacts.UserError(
@@ -220,7 +231,7 @@ def _inputs(config, description: dict, image_shape) -> dict:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   cfg = config.train
-  out = run_dir(workdir, cfg)
+  out = run_dir(workdir, config)
   info = input_pipeline.split_info(config.data, cfg.split)
   positions, labels, description = training_positions(config, workdir)
   if cfg.space not in ('pixel', 'latent'):

@@ -36,7 +36,7 @@ def tiny_config(tfds_dir, **train_overrides):
 def _final_params(config, workdir):
   _, params, _ = sample.load_ema_params(config, workdir)
   state = checkpoints.Checkpointer(
-      os.path.join(train.run_dir(workdir, config.train), 'checkpoints')).manager
+      os.path.join(train.run_dir(workdir, config), 'checkpoints')).manager
   return params, state.latest_step()
 
 
@@ -69,7 +69,7 @@ def test_kill_and_resume_is_bit_identical(tfds_dir, tmp_path, monkeypatch):
   resumed, step = _final_params(config, str(tmp_path / 'resumed'))
   assert step == 6
   jax.tree.map(np.testing.assert_array_equal, full, resumed)
-  grids = [f for f in os.listdir(train.run_dir(str(tmp_path / 'full'), config.train))
+  grids = [f for f in os.listdir(train.run_dir(str(tmp_path / 'full'), config))
            if f.startswith('grid-')]
   assert grids == ['grid-0000006.png']
 
@@ -95,10 +95,10 @@ def test_sigterm_checkpoints_and_stops(tfds_dir, tmp_path, monkeypatch):
     assert train.run(config, str(tmp_path)) == {}
   finally:
     signal.signal(signal.SIGTERM, old)
-  ckpt = checkpoints.Checkpointer(os.path.join(train.run_dir(str(tmp_path), config.train),
+  ckpt = checkpoints.Checkpointer(os.path.join(train.run_dir(str(tmp_path), config),
                                                'checkpoints'))
   assert ckpt.latest_step == 2
-  assert not os.path.exists(os.path.join(train.run_dir(str(tmp_path), config.train),
+  assert not os.path.exists(os.path.join(train.run_dir(str(tmp_path), config),
                                          'train.json'))
 
 
@@ -171,7 +171,7 @@ def test_sample_job_is_balanced_resumable_and_checked(tfds_dir, tmp_path):
     np.testing.assert_array_equal(z['images'], images)
   # Another model size cannot read this checkpoint: a clear error, nothing overwritten.
   config.train.model_overrides.hidden = 64
-  config.train.name = train.run_name(tiny_config(tfds_dir).train)
+  config.train.name = train.run_name(tiny_config(tfds_dir))
   with pytest.raises(artifacts.UserError):
     sample.load_ema_params(config, workdir)
 

@@ -1,0 +1,119 @@
+"""Train-step throughput of DiT-S/2 on 32x32x4 latents, ours (JAX) beside diffusers (PyTorch).
+
+    python benchmarks/train_bench.py [--steps 10] [--batch 32]
+
+Both sides run a full step: forward, the diffusion loss, backward, AdamW. Ours also updates the
+EMA and computes the vb term (strictly more work). Timings exclude compilation / warm-up. The
+PyTorch side needs the test requirements (torch, diffusers) and runs in a child process (torch
+imported into a process where XLA has run crashes here); without them only ours is printed.
+The last line is one JSON object.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # pylint: disable=g-import-not-at-top
+
+
+def ours(batch: int, steps: int) -> float:
+  import jax  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from gadc_jax.diffusion import gaussian  # pylint: disable=g-import-not-at-top
+  from gadc_jax.training import train  # pylint: disable=g-import-not-at-top
+  from gadc_jax.training import train_state  # pylint: disable=g-import-not-at-top
+  cfg = train.default_config()
+  cfg.model_overrides = ml_collections.ConfigDict()
+  model = train.build_model(cfg, 1000)
+  tx = train.optimizer(cfg)
+  mesh = train_state.make_mesh()
+  init = lambda: train.init_state(model, tx, jax.random.PRNGKey(0), (32, 32, 4))
+  shardings = train_state.param_sharding(mesh, jax.eval_shape(init))
+  state = jax.jit(init, out_shardings=shardings)()
+  step = train_state.make_train_step(
+      train.make_loss_fn(model, cfg, gaussian.create_diffusion(), None), tx, cfg.ema_decay,
+      mesh, shardings)
+  rng = np.random.default_rng(0)
+  data = {'x': rng.standard_normal((batch, 32, 32, 4)).astype(np.float32),
+          'y': rng.integers(0, 1000, batch).astype(np.int32)}
+  data = jax.device_put(data, train_state.batch_sharding(mesh))
+  key = jax.random.PRNGKey(1)
+  state, m = step(state, data, key)  # compile
+  jax.block_until_ready(m)
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    state, m = step(state, data, key)
+  jax.block_until_ready(m)
+  return steps / (time.perf_counter() - t0)
+
+
+def theirs_in_child(batch: int, steps: int) -> float | None:
+  result = subprocess.run([sys.executable, __file__, '--torch', f'--batch={batch}',
+                           f'--steps={steps}'], capture_output=True, text=True)
+  if result.returncode:
+    print(result.stderr[-2000:], file=sys.stderr)
+    return None
+  return json.loads(result.stdout.splitlines()[-1])
+
+
+def theirs(batch: int, steps: int) -> float | None:
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+    from diffusers import DiTTransformer2DModel  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  torch.manual_seed(0)
+  model = DiTTransformer2DModel(num_attention_heads=6, attention_head_dim=64, in_channels=4,
+                                out_channels=8, num_layers=12, sample_size=32, patch_size=2,
+                                num_embeds_ada_norm=1000)
+  opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
+  x = torch.randn(batch, 4, 32, 32)
+  y = torch.randint(0, 1000, (batch,))
+
+  def one():
+    t = torch.randint(0, 1000, (batch,))
+    noise = torch.randn_like(x)
+    out = model(x + noise, timestep=t, class_labels=y).sample
+    loss = ((out[:, :4] - noise) ** 2).mean()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+  one()
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    one()
+  return steps / (time.perf_counter() - t0)
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument('--steps', type=int, default=10)
+  parser.add_argument('--batch', type=int, default=32)
+  parser.add_argument('--torch', action='store_true', help='time only the PyTorch side')
+  args = parser.parse_args()
+  if args.torch:
+    print(json.dumps(theirs(args.batch, args.steps)))
+    return
+  torch_sps = theirs_in_child(args.batch, args.steps)
+  jax_sps = ours(args.batch, args.steps)
+  import jax  # pylint: disable=g-import-not-at-top
+  device = jax.devices()[0].device_kind
+  print(f'DiT-S/2, 32x32x4 latents, batch {args.batch}, {args.steps} timed steps ({device})')
+  print(f'{"ours (JAX)":<22}{jax_sps:8.3f} steps/s {jax_sps * args.batch:9.1f} images/s')
+  if torch_sps is not None:
+    print(f'{"diffusers (PyTorch)":<22}{torch_sps:8.3f} steps/s {torch_sps * args.batch:9.1f} '
+          f'images/s')
+    print(f'ratio ours / diffusers: {jax_sps / torch_sps:.2f}x')
+  print(json.dumps({'device': device, 'batch': args.batch, 'jax_steps_per_s': jax_sps,
+                    'torch_steps_per_s': torch_sps,
+                    'ratio': None if torch_sps is None else jax_sps / torch_sps}))
+
+
+if __name__ == '__main__':
+  main()
