@@ -46,13 +46,13 @@ def _model_space_shape(config) -> tuple[int, int, int]:
 
 @functools.partial(jax.jit, static_argnames=('model', 'sampler', 'sit', 'pixel', 'shape',
                                               'num_classes'))
-def _sample(params, labels, key, *, model, sampler, sit: bool, pixel: bool, shape,
+def _sample(params, labels, key, text_table, *, model, sampler, sit: bool, pixel: bool, shape,
             num_classes: int):
   """Model-space samples [B, *shape] for labels [B]; sampler = (method, steps, scale, k)."""
   method, steps, scale, guided_channels = sampler
 
   def apply_fn(x, t, y):
-    out = model.apply(params, x, t, y, train=False)
+    out = model.apply(params, x, t, y, train=False, text_table=text_table)
     return out[0] if isinstance(out, tuple) else out  # drop REPA extras.
 
   if scale == 1.0:
@@ -94,7 +94,8 @@ def generate(config, model, params, labels: np.ndarray, key: jax.Array,
   num_classes = input_pipeline.split_info(config.data, cfg.split).num_classes
   sampler = (sampler_cfg.method, int(sampler_cfg.steps), float(sampler_cfg.cfg_scale),
              int(sampler_cfg.guided_channels))
-  x = _sample(params, jnp.asarray(labels, jnp.int32), key, model=model, sampler=sampler,
+  x = _sample(params, jnp.asarray(labels, jnp.int32), key, train_lib.load_text_table(cfg),
+              model=model, sampler=sampler,
               sit=sit, pixel=pixel, shape=_model_space_shape(config), num_classes=num_classes)
   if not pixel:
     vae_model, vae_params = vae or train_lib.load_vae(cfg)
@@ -110,9 +111,11 @@ def load_ema_params(config, workdir: str):
     raise artifacts.UserError(f'no finished training run in {out}; run the train job first')
   record = artifacts.read_json(os.path.join(out, 'train.json'))
   info = input_pipeline.split_info(config.data, cfg.split)
-  model = train_lib.build_model(cfg, info.num_classes)
+  text_table = train_lib.load_text_table(cfg)
+  model = train_lib.build_model(cfg, info.num_classes, text_table)
   abstract = jax.eval_shape(lambda: train_lib.init_state(
-      model, train_lib.optimizer(cfg), jax.random.PRNGKey(0), _model_space_shape(config)))
+      model, train_lib.optimizer(cfg), jax.random.PRNGKey(0), _model_space_shape(config),
+      text_table))
   try:
     state = checkpoints.Checkpointer(os.path.join(out, 'checkpoints')).restore(
         abstract, record['step'])

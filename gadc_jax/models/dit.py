@@ -292,7 +292,7 @@ class DiT(nn.Module):
     if tuple(text_table.shape) != expected:
       raise UserError(f'text embeddings have shape {tuple(text_table.shape)}, the model '
                       f'expects {expected} (classes, tokens, width)')
-    tokens = text_table[y].astype(self.dtype).transpose(0, 2, 1)  # [B, E, T]
+    tokens = jnp.asarray(text_table)[y].astype(self.dtype).transpose(0, 2, 1)  # [B, E, T]
     mixed = nn.Conv(1, (1,), dtype=self.dtype, name='text_conv')(tokens)[..., 0]  # [B, E]
     return Mlp((self.hidden, self.hidden), out_init=_zeros, dtype=self.dtype,
                name='text_mlp')(mixed)

@@ -67,6 +67,12 @@ def default_config() -> ml_collections.ConfigDict:
       'sample_every': 0,         # 0: a grid at the end only.
       'grid_per_class': 8,
       'sampler': sampler_config(),
+      # D2C's Attach (a): per-class text embeddings, a .npy [num_classes, tokens, width].
+      'text_embeddings': '',
+      # D2C's Attach (b), REPA: align the tokens after block model_overrides.repa_depth to
+      # precomputed encoder patch features, a .npy [num_examples_of_split, tokens, width]
+      # (e.g. DINOv2-B patch tokens), by negative cosine similarity with this weight.
+      'repa': ml_collections.ConfigDict({'features': '', 'weight': 0.5}),
   })
 
 
@@ -81,10 +87,12 @@ def sampler_config() -> ml_collections.ConfigDict:
 
 class TrainingSet(NamedTuple):
   """The training images in model space. x: [N, h, w, c] (pixels in [-1, 1]) or, for
-  latents, the SD-VAE posterior moments `mean` and `logvar`; labels [N] int32."""
+  latents, the SD-VAE posterior moments `mean` and `logvar`; labels [N] int32; repa: the
+  REPA targets [N, tokens, width] or None."""
   x: np.ndarray
   logvar: np.ndarray | None
   labels: np.ndarray
+  repa: np.ndarray | None
 
 
 def selection_name(config) -> str:
@@ -104,11 +112,26 @@ def run_dir(workdir: str, config) -> str:
   return os.path.join(workdir, 'train', run_name(config))
 
 
-def build_model(cfg, num_classes: int) -> dit_lib.DiT:
+def load_text_table(cfg) -> np.ndarray | None:
+  """The per-class text embeddings [num_classes, tokens, width] of config.train, or None."""
+  if not cfg.text_embeddings:
+    return None
+  if not os.path.exists(cfg.text_embeddings):
+    raise artifacts.UserError(f'text embeddings file {cfg.text_embeddings} does not exist')
+  table = np.load(cfg.text_embeddings).astype(np.float32)
+  if table.ndim != 3:
+    raise artifacts.UserError(f'{cfg.text_embeddings} has shape {table.shape}; expected '
+                              '[num_classes, tokens, width]')
+  return table
+
+
+def build_model(cfg, num_classes: int, text_table: np.ndarray | None = None) -> dit_lib.DiT:
+  text = {} if text_table is None else {'text_tokens': text_table.shape[1],
+                                        'text_dim': text_table.shape[2]}
   return dit_lib.make_dit(cfg.model, num_classes=num_classes,
                           class_dropout_prob=cfg.class_dropout,
                           dtype=jnp.bfloat16 if cfg.bfloat16 else jnp.float32,
-                          **cfg.model_overrides.to_dict())
+                          **cfg.model_overrides.to_dict(), **text)
 
 
 def is_sit(cfg) -> bool:
@@ -161,8 +184,13 @@ def build_training_set(config, positions: np.ndarray, labels: np.ndarray,
       mean, logvar = jax.jit(lambda p, x: model.apply(p, x, method='encode'))(params, pixels)
       xs.append(np.asarray(mean))
       logvars.append(np.asarray(logvar))
+  repa = None
+  if cfg.repa.features:
+    if not os.path.exists(cfg.repa.features):
+      raise artifacts.UserError(f'REPA features file {cfg.repa.features} does not exist')
+    repa = np.asarray(np.load(cfg.repa.features, mmap_mode='r')[positions], np.float32)
   return TrainingSet(np.concatenate(xs), np.concatenate(logvars) if logvars else None,
-                     np.asarray(labels, np.int32))
+                     np.asarray(labels, np.int32), repa)
 
 
 def batch_indices(seed: int, step: int, num_examples: int, batch_size: int) -> np.ndarray:
@@ -176,8 +204,9 @@ def host_batch(data: TrainingSet, idx: np.ndarray, flip_key: jax.Array | None) -
   rows = input_pipeline.host_shard(len(idx))
   idx = idx[rows.start:rows.stop]
   batch = {'x': data.x[idx], 'y': data.labels[idx]}
-  if data.logvar is not None:
-    batch['logvar'] = data.logvar[idx]
+  for name in ('logvar', 'repa'):
+    if getattr(data, name) is not None:
+      batch[name] = getattr(data, name)[idx]
   if flip_key is not None:
     flip = np.asarray(jax.random.bernoulli(flip_key, 0.5, (len(idx),)))
     for k in ('x', 'logvar'):
@@ -186,8 +215,9 @@ def host_batch(data: TrainingSet, idx: np.ndarray, flip_key: jax.Array | None) -
   return batch
 
 
-def make_loss_fn(model: dit_lib.DiT, cfg, diffusion, transport):
-  """loss_fn(params, batch, key) -> (loss, metrics) for DiT (diffusion) or SiT (transport)."""
+def make_loss_fn(model: dit_lib.DiT, cfg, diffusion, transport, text_table=None):
+  """loss_fn(params, batch, key) -> (loss, metrics) for DiT (diffusion) or SiT (transport),
+  plus the weighted REPA term when the batch carries REPA targets."""
 
   def loss_fn(params, batch, key):
     k_latent, k_drop, k_t, k_loss = jax.random.split(key, 4)
@@ -195,14 +225,27 @@ def make_loss_fn(model: dit_lib.DiT, cfg, diffusion, transport):
     if 'logvar' in batch:  # a fresh draw from the VAE posterior, as DiT trains.
       x = vae_lib.sample_latents(k_latent, x, batch['logvar']) * cfg.vae.scale
     drop = jax.random.bernoulli(k_drop, cfg.class_dropout, batch['y'].shape)
-    model_fn = lambda xt, t: model.apply(params, xt, t, batch['y'], train=True,
-                                         drop_labels=drop)
+    extras = {}
+
+    def model_fn(xt, t):
+      out = model.apply(params, xt, t, batch['y'], train=True, drop_labels=drop,
+                        text_table=text_table)
+      if isinstance(out, tuple):  # the REPA projection rides along with the prediction.
+        out, extras['repa'] = out[0], out[1]['repa']
+      return out
+
     if transport is not None:
       terms = transport.training_losses(model_fn, x, k_loss)
-      return jnp.mean(terms['loss']), {}
-    t = jax.random.randint(k_t, (x.shape[0],), 0, diffusion.num_timesteps)
-    terms = diffusion.training_losses(model_fn, x, t, k_loss)
-    return jnp.mean(terms['loss']), {'mse': jnp.mean(terms['mse']), 'vb': jnp.mean(terms['vb'])}
+      metrics = {}
+    else:
+      t = jax.random.randint(k_t, (x.shape[0],), 0, diffusion.num_timesteps)
+      terms = diffusion.training_losses(model_fn, x, t, k_loss)
+      metrics = {'mse': jnp.mean(terms['mse']), 'vb': jnp.mean(terms['vb'])}
+    loss = jnp.mean(terms['loss'])
+    if 'repa' in batch:
+      metrics['repa'] = dit_lib.repa_loss(extras['repa'], batch['repa'])
+      loss = loss + cfg.repa.weight * metrics['repa']
+    return loss, metrics
 
   return loss_fn
 
@@ -211,9 +254,10 @@ def optimizer(cfg) -> optax.GradientTransformation:
   return optax.adamw(cfg.learning_rate, weight_decay=cfg.weight_decay)
 
 
-def init_state(model, tx, key, image_shape) -> train_state.TrainState:
+def init_state(model, tx, key, image_shape, text_table=None) -> train_state.TrainState:
   x = jnp.zeros((1,) + tuple(image_shape))
-  params = model.init(key, x, jnp.zeros((1,)), jnp.zeros((1,), jnp.int32), train=False)
+  params = model.init(key, x, jnp.zeros((1,)), jnp.zeros((1,), jnp.int32), train=False,
+                      text_table=text_table)
   return train_state.create(params, tx)
 
 
@@ -221,7 +265,7 @@ def _inputs(config, description: dict, image_shape) -> dict:
   cfg = config.train
   keys = ('model', 'model_overrides', 'space', 'steps', 'batch_size', 'learning_rate',
           'weight_decay', 'ema_decay', 'class_dropout', 'flip', 'seed', 'bfloat16',
-          'transport_path')
+          'transport_path', 'text_embeddings', 'repa')
   inputs = {k: cfg[k].to_dict() if hasattr(cfg[k], 'to_dict') else cfg[k] for k in keys}
   inputs.update(description, image_shape=list(image_shape))
   if cfg.space == 'latent':
@@ -254,25 +298,30 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     artifacts.atomic_write_json(inputs_path, {'fingerprint': expected, 'inputs': inputs})
 
   vae = load_vae(cfg) if cfg.space == 'latent' else None
-  model = build_model(cfg, info.num_classes)
+  text_table = load_text_table(cfg)
+  if cfg.repa.features and not cfg.model_overrides.get('repa_depth', 0):
+    raise artifacts.UserError('config.train.repa.features is set but the model has no REPA '
+                              'head: set config.train.model_overrides.repa_depth (e.g. 8)')
+  model = build_model(cfg, info.num_classes, text_table)
   # The patch must divide the image; fail before any work rather than inside the step.
   jax.eval_shape(lambda: init_state(model, optax.identity(), jax.random.PRNGKey(0),
-                                    image_shape))
+                                    image_shape, text_table))
   data_path = os.path.join(out, 'data.npz')
   if os.path.exists(data_path):
     with np.load(data_path) as z:
-      data = TrainingSet(z['x'], z['logvar'] if 'logvar' in z.files else None, z['labels'])
+      data = TrainingSet(z['x'], z['logvar'] if 'logvar' in z.files else None, z['labels'],
+                         z['repa'] if 'repa' in z.files else None)
   else:
     data = build_training_set(config, positions, labels, vae)
     if jax.process_index() == 0:
-      extra = {} if data.logvar is None else {'logvar': data.logvar}
+      extra = {k: v for k, v in (('logvar', data.logvar), ('repa', data.repa)) if v is not None}
       artifacts.atomic_write_npz(data_path, x=data.x, labels=data.labels, **extra)
   logging.info('training %s on %d images %s', cfg.model, len(data.labels), data.x.shape[1:])
 
   tx = optimizer(cfg)
   mesh = train_state.make_mesh(cfg.fsdp)
   key = jax.random.PRNGKey(cfg.seed)
-  init = lambda: init_state(model, tx, key, image_shape)
+  init = lambda: init_state(model, tx, key, image_shape, text_table)
   shardings = train_state.param_sharding(mesh, jax.eval_shape(init))
   ckpt = checkpoints.Checkpointer(os.path.join(out, 'checkpoints'))
   if ckpt.latest_step is not None:
@@ -285,8 +334,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   diffusion = None if is_sit(cfg) else gaussian.create_diffusion()
   transport = transport_lib.create_transport(cfg.transport_path) if is_sit(cfg) else None
-  step_fn = train_state.make_train_step(make_loss_fn(model, cfg, diffusion, transport), tx,
-                                        cfg.ema_decay, mesh, shardings)
+  step_fn = train_state.make_train_step(
+      make_loss_fn(model, cfg, diffusion, transport, text_table), tx, cfg.ema_decay, mesh,
+      shardings)
   global_sharding = train_state.batch_sharding(mesh)
   writer = metric_writers.create_default_writer(out, just_logging=jax.process_index() > 0)
   preemption = checkpoints.Preemption()

@@ -192,3 +192,43 @@ def test_bad_input(tfds_dir, tmp_path):
   config.train.space = 'latent'
   with pytest.raises(artifacts.UserError, match='vae.checkpoint'):
     train.run(config, str(tmp_path / 'c'))
+
+
+def test_repa_and_text_embeddings(tfds_dir, tmp_path):
+  rng = np.random.default_rng(0)
+  text_path, repa_path = str(tmp_path / 'text.npy'), str(tmp_path / 'repa.npy')
+  np.save(text_path, rng.standard_normal((10, 3, 5)).astype(np.float32))
+  np.save(repa_path, rng.standard_normal((1437, 16, 6)).astype(np.float32))  # 4x4 tokens
+  config = tiny_config(tfds_dir, steps=2, text_embeddings=text_path)
+  config.train.model_overrides.update({'repa_depth': 1, 'repa_dim': 6, 'repa_hidden': 16})
+  config.train.repa.features = repa_path
+  workdir = str(tmp_path / 'w')
+  train.run(config, workdir)
+  assert sample.run(config, workdir)['num_samples'] == 12
+
+  # The REPA term enters the loss with its weight, on the same noise draw.
+  cfg = config.train
+  table = train.load_text_table(cfg)
+  model = train.build_model(cfg, 10, table)
+  assert model.text_tokens == 3 and model.text_dim == 5
+  params = train.init_state(model, train.optimizer(cfg), jax.random.PRNGKey(0), (8, 8, 1),
+                            table).params
+  from gadc_jax.diffusion import gaussian  # pylint: disable=g-import-not-at-top
+  loss_fn = train.make_loss_fn(model, cfg, gaussian.create_diffusion(), None, table)
+  batch = {'x': rng.uniform(-1, 1, (4, 8, 8, 1)).astype(np.float32),
+           'y': np.arange(4, dtype=np.int32)}
+  key = jax.random.PRNGKey(3)
+  plain, _ = loss_fn(params, batch, key)
+  with_repa, metrics = loss_fn(params, {**batch, 'repa': rng.standard_normal((4, 16, 6))},
+                               key)
+  assert -1.0 <= float(metrics['repa']) <= 1.0
+  np.testing.assert_allclose(float(with_repa) - float(plain),
+                             cfg.repa.weight * float(metrics['repa']), rtol=1e-4, atol=1e-6)
+
+
+def test_repa_needs_a_head(tfds_dir, tmp_path):
+  np.save(str(tmp_path / 'repa.npy'), np.zeros((1437, 16, 6), np.float32))
+  config = tiny_config(tfds_dir)
+  config.train.repa.features = str(tmp_path / 'repa.npy')
+  with pytest.raises(artifacts.UserError, match='repa_depth'):
+    train.run(config, str(tmp_path / 'w'))
