@@ -10,6 +10,13 @@ from gadc_jax.artifacts import UserError
 _ARCHS = {
     'digits_cnn': 'digits:DigitsCNN',
     'digits_mlp': 'digits:DigitsMLP',
+    'inception_v3_fid': 'inception:InceptionV3FID',
+    'inception_v3': 'inception:InceptionV3Torchvision',
+    'resnet34': 'resnet:ResNet34',
+    'resnet50': 'resnet:ResNet50',
+    'dinov2_s14': 'dinov2:Dinov2S14',
+    'dinov2_b14': 'dinov2:Dinov2B14',
+    'dinov2_l14': 'dinov2:Dinov2L14',
 }
 
 
