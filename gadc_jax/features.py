@@ -16,7 +16,6 @@ be memory-mapped at ImageNet scale.
       labels.npy [N] int32, positions.npy [N] int64, ids.npy [N] str
 """
 
-import functools
 import os
 import shutil
 from typing import Any
@@ -24,13 +23,13 @@ from typing import Any
 from absl import logging
 import jax
 from jax.experimental import multihost_utils
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import scipy.special
 import tqdm
 
 from gadc_jax import artifacts
-from gadc_jax import train_classifier
+from gadc_jax import networks
 from gadc_jax.data import input_pipeline
 
 _PER_IMAGE = ('ce', 'entropy', 'maxprob', 'labels', 'positions', 'ids')
@@ -78,22 +77,25 @@ class FeatureStore:
     return dense
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'topk'))
-def _outputs(params, images, labels, *, model, topk: int) -> dict[str, jnp.ndarray]:
-  """Per-image features and classifier quantities for a batch of uint8 images."""
-  features, logits = model.apply(params, train_classifier.to_unit_range(images))
-  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))
-  probs = jnp.exp(log_probs)
+def per_image(features: np.ndarray, logits: np.ndarray, labels: np.ndarray,
+              topk: int) -> dict[str, np.ndarray]:
+  """What the store keeps of one batch: features, probabilities (or their top k), CE,
+  entropy and max probability, from the network's features [b, D] and logits [b, K]."""
+  logits = logits.astype(np.float64)
+  log_probs = logits - scipy.special.logsumexp(logits, axis=1, keepdims=True)
+  probs = np.exp(log_probs)
   out = {
-      'features': features.astype(jnp.float32),
-      'ce': -jnp.take_along_axis(log_probs, labels[:, None], axis=1)[:, 0],
-      'entropy': -jnp.sum(probs * log_probs, axis=1),
-      'maxprob': jnp.max(probs, axis=1),
+      'features': features.astype(np.float32),
+      'ce': -log_probs[np.arange(len(labels)), labels].astype(np.float32),
+      'entropy': -np.sum(probs * log_probs, axis=1).astype(np.float32),
+      'maxprob': probs.max(axis=1).astype(np.float32),
   }
   if topk:
-    out['topk_probs'], out['topk_classes'] = jax.lax.top_k(probs, topk)
+    top = np.argsort(-probs, axis=1, kind='stable')[:, :topk]
+    out['topk_probs'] = np.take_along_axis(probs, top, 1).astype(np.float32)
+    out['topk_classes'] = top.astype(np.int32)
   else:
-    out['probs'] = probs
+    out['probs'] = probs.astype(np.float32)
   return out
 
 
@@ -101,15 +103,12 @@ def expected_inputs(config: ml_collections.ConfigDict, workdir: str, network: st
                     split: str) -> dict[str, Any]:
   """What a store's content depends on: dataset, preprocessing, checkpoint, options."""
   info = input_pipeline.split_info(config.data, split)
-  record_path = os.path.join(train_classifier.classifier_dir(workdir, network), 'classifier.json')
-  if not os.path.exists(record_path):
-    raise artifacts.UserError(
-        f'no trained classifier {network!r} at {record_path}; run train_classifier first')
-  record = artifacts.read_json(record_path)
+  record = networks.network_record(config, workdir, network)
   return {
       'dataset': [info.dataset, info.version, info.split, info.num_examples],
       'image_size': config.data.image_size,
       'network': network,
+      'input_spec': list(networks.input_spec(config.networks[network])),
       'arch': record['arch'],
       'num_model_classes': record['num_classes'],
       'checkpoint': record['params_fingerprint'],
@@ -129,22 +128,13 @@ def _shard_path(out: str, k: int) -> str:
   return os.path.join(out, 'shards', f'shard-{k:05d}.npz')
 
 
-def _compute_shard(config, model, params, mesh, split, start, end) -> dict[str, np.ndarray]:
-  """Outputs for examples [start, end) of the split, batches sharded over local devices."""
+def _compute_shard(config, forward, split, start, end) -> dict[str, np.ndarray]:
+  """Store fields for examples [start, end) of the split."""
   cfg = config.features
-  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
-  # Every batch is padded to one shape (divisible over the devices): one compilation.
-  padded_size = -(-cfg.batch_size // mesh.size) * mesh.size
   parts = []
   for batch in input_pipeline.iterate_batches(config.data, split, cfg.batch_size, start, end):
-    b = len(batch['label'])
-    pad = padded_size - b
-    images = np.concatenate([batch['image'], np.zeros((pad,) + batch['image'].shape[1:],
-                                                      batch['image'].dtype)])
-    labels = np.concatenate([batch['label'], np.zeros(pad, batch['label'].dtype)])
-    out = _outputs(params, jax.device_put(images, sharding), jax.device_put(labels, sharding),
-                   model=model, topk=cfg.probs_topk)
-    out = {k: np.asarray(v)[:b] for k, v in out.items()}
+    features, logits = forward(batch['image'])[:2]
+    out = per_image(features, logits, batch['label'], cfg.probs_topk)
     out['labels'] = batch['label'].astype(np.int32)
     out['ids'] = np.asarray(batch['id']).astype(str)
     parts.append(out)
@@ -223,11 +213,12 @@ def compute_store(config: ml_collections.ConfigDict, workdir: str, network: str,
   todo = [k for k in mine if not os.path.exists(_shard_path(out, k))]
   logging.info('features %s: %d shards, %d left on this host', out, len(mine), len(todo))
   if todo:
-    model, params, _ = train_classifier.load_network(config, workdir, network)
-    mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ('data',))
+    model, variables, _ = networks.load_network(config, workdir, network)
+    forward = networks.make_forward(model, variables, config.networks[network],
+                                    config.features.batch_size)
     for k in tqdm.tqdm(todo, desc=f'features {network}/{split}', unit='shard'):
       start, end = k * shard_size, min((k + 1) * shard_size, num_examples)
-      shard = _compute_shard(config, model, params, mesh, split, start, end)
+      shard = _compute_shard(config, forward, split, start, end)
       artifacts.atomic_write_npz(_shard_path(out, k), **shard)
   multihost_utils.sync_global_devices(f'features {out} shards')
   if jax.process_index() == 0:

@@ -21,22 +21,9 @@ import optax
 
 from gadc_jax import artifacts
 from gadc_jax import encoders
+from gadc_jax import networks
 from gadc_jax.data import input_pipeline
 from gadc_jax.training import checkpoints
-
-
-def to_unit_range(images: jnp.ndarray) -> jnp.ndarray:
-  """uint8 images [..., H, W, C] -> float32 in [-1, 1]."""
-  return images.astype(jnp.float32) / 127.5 - 1.0
-
-
-def network_kwargs(net_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Module keyword arguments: every key of a network's config but arch and seed."""
-  return {k: v for k, v in net_cfg.items() if k not in ('arch', 'seed')}
-
-
-def classifier_dir(workdir: str, name: str) -> str:
-  return os.path.join(workdir, 'classifiers', name)
 
 
 def _init_state(model, tx, seed: int, image_shape) -> dict[str, Any]:
@@ -49,7 +36,7 @@ def _optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
 
 
 def _loss(params, model, images, labels):
-  _, logits = model.apply(params, to_unit_range(images))
+  _, logits = model.apply(params, networks.to_unit_range(images))
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
@@ -64,7 +51,7 @@ def train_step(state, images, labels, *, model, tx):
 
 @functools.partial(jax.jit, static_argnames=('model',))
 def _predict(params, images, *, model):
-  return jnp.argmax(model.apply(params, to_unit_range(images))[1], axis=-1)
+  return jnp.argmax(model.apply(params, networks.to_unit_range(images))[1], axis=-1)
 
 
 def accuracy(model, params, images: np.ndarray, labels: np.ndarray, batch_size=1024) -> float:
@@ -93,7 +80,7 @@ def _inputs(config, name: str) -> dict[str, Any]:
 
 def train_network(config: ml_collections.ConfigDict, workdir: str, name: str) -> dict:
   """Trains network `name` of config.networks (or returns its record if already trained)."""
-  out = classifier_dir(workdir, name)
+  out = networks.classifier_dir(workdir, name)
   record_path = os.path.join(out, 'classifier.json')
   inputs = _inputs(config, name)
   expected = artifacts.fingerprint(inputs)
@@ -116,7 +103,7 @@ def train_network(config: ml_collections.ConfigDict, workdir: str, name: str) ->
   train = input_pipeline.load_split_arrays(config.data, cfg.train_split)
   test = input_pipeline.load_split_arrays(config.data, cfg.eval_split)
   info = input_pipeline.split_info(config.data, cfg.train_split)
-  model = encoders.build(net_cfg.arch, info.num_classes, **network_kwargs(net_cfg))
+  model = encoders.build(net_cfg.arch, info.num_classes, **networks.module_kwargs(net_cfg))
   tx = _optimizer(cfg)
   state = _init_state(model, tx, net_cfg.seed, info.image_shape)
 
@@ -154,19 +141,10 @@ def train_network(config: ml_collections.ConfigDict, workdir: str, name: str) ->
   return record
 
 
-def load_network(config: ml_collections.ConfigDict, workdir: str, name: str):
-  """(module, params, record) of a trained network; a UserError if it was never trained."""
-  if name not in config.networks:
-    raise artifacts.UserError(
-        f'unknown network {name!r}; config.networks has: {", ".join(config.networks)}')
-  out = classifier_dir(workdir, name)
-  record_path = os.path.join(out, 'classifier.json')
-  if not os.path.exists(record_path):
-    raise artifacts.UserError(
-        f'no trained classifier {name!r} in {out}; run the train_classifier job first')
-  record = artifacts.read_json(record_path)
+def restore_params(config, workdir: str, name: str, model, record: dict):
+  """The params of trained network `name`, checked against its record's fingerprint."""
+  out = networks.classifier_dir(workdir, name)
   net_cfg = config.networks[name]
-  model = encoders.build(net_cfg.arch, record['num_classes'], **network_kwargs(net_cfg))
   info = input_pipeline.split_info(config.data, config.classifier.train_split)
   tx = _optimizer(config.classifier)
   abstract = jax.eval_shape(lambda: _init_state(model, tx, net_cfg.seed, info.image_shape))
@@ -180,7 +158,7 @@ def load_network(config: ml_collections.ConfigDict, workdir: str, name: str):
   found = artifacts.array_fingerprint(state['params'])
   artifacts.check_fingerprint(os.path.join(out, 'checkpoints'), record['params_fingerprint'],
                               found, 'params')
-  return model, state['params'], record
+  return state['params']
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:

@@ -5,10 +5,12 @@ import os
 import jax
 import numpy as np
 import pytest
+import torch
+import torchvision
 
 from gadc_jax import artifacts
 from gadc_jax import features
-from gadc_jax import train_classifier
+from gadc_jax import networks
 from gadc_jax.data import input_pipeline
 
 FIELDS = ('features', 'probs', 'ce', 'entropy', 'maxprob', 'labels', 'positions', 'ids')
@@ -34,9 +36,9 @@ def test_store_is_sorted_by_class_and_matches_the_network(digits_workdir):
   np.testing.assert_array_equal(arrays['ids'], data['id'][arrays['positions']])
   np.testing.assert_array_equal(arrays['labels'], data['label'][arrays['positions']])
   # Values equal a direct forward pass of the checkpoint.
-  model, params, _ = train_classifier.load_network(config, workdir, 'selection')
+  model, params, _ = networks.load_network(config, workdir, 'selection')
   images = data['image'][arrays['positions'][:50]]
-  feats, logits = model.apply(params, train_classifier.to_unit_range(images))
+  feats, logits = model.apply(params, networks.to_unit_range(images))
   probs = np.asarray(jax.nn.softmax(logits))
   np.testing.assert_allclose(arrays['features'][:50], feats, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(arrays['probs'][:50], probs, rtol=1e-5, atol=1e-6)
@@ -115,3 +117,31 @@ def test_features_of_another_checkpoint_are_refused(digits_workdir, tmp_path):
   with pytest.raises(artifacts.UserError, match='features fingerprint mismatch'):
     features.open_store(config, str(fake), 'evaluation', 'train')
   assert before == {f: os.path.getmtime(os.path.join(out, f)) for f in os.listdir(out)}
+
+
+def test_features_of_a_converted_network(digits_workdir, tmp_path):
+  """A published-weights network (here torchvision's ResNet-34 with random weights, saved as
+  a local file) runs through the features job; its features equal torchvision's."""
+  config, workdir = digits_workdir
+  config = config.copy_and_resolve_references()
+  torch.manual_seed(0)
+  reference = torchvision.models.resnet34(weights=None).eval()
+  torch.save(reference.state_dict(), str(tmp_path / 'resnet34.pth'))
+  config.networks.resnet = {'arch': 'resnet34', 'checkpoint': str(tmp_path / 'resnet34.pth'),
+                            'input_size': 32}
+  config.features.batch_size = 128
+  config.features.probs_topk = 5
+  store = features.compute_store(config, str(tmp_path), 'resnet', 'train')
+  assert store.manifest['feature_dim'] == 512 and store.manifest['num_model_classes'] == 1000
+  data = input_pipeline.load_split_arrays(config.data, 'train')
+  positions = np.asarray(store.load('positions', 3))[:4]
+  x = np.asarray(jax.image.resize(data['image'][positions] / 127.5 - 1.0, (4, 32, 32, 1),
+                                  'bilinear'))
+  x = np.repeat(x, 3, axis=-1).transpose(0, 3, 1, 2)  # grey to RGB, NCHW
+  with torch.no_grad():
+    mean = torch.tensor([0.485, 0.456, 0.406])[None, :, None, None]
+    std = torch.tensor([0.229, 0.224, 0.225])[None, :, None, None]
+    body = torch.nn.Sequential(*list(reference.children())[:-1])
+    expected = body(((torch.from_numpy(x).float() + 1) / 2 - mean) / std).flatten(1).numpy()
+  got = np.asarray(store.load('features', 3))[:4]
+  np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from gadc_jax import artifacts
+from gadc_jax import networks
 from gadc_jax import train_classifier
 from tests.conftest import digits_config
 
@@ -15,7 +16,7 @@ def test_both_networks_are_accurate(digits_workdir):
   config, workdir = digits_workdir
   archs = set()
   for name in ('selection', 'evaluation'):
-    model, params, record = train_classifier.load_network(config, workdir, name)
+    model, params, record = networks.load_network(config, workdir, name)
     assert record['test_accuracy'] > 0.95, (name, record['test_accuracy'])
     archs.add(record['arch'])
     assert record['params_fingerprint'] == artifacts.array_fingerprint(params)
@@ -64,8 +65,8 @@ def test_kill_and_resume_gives_same_params(tmp_path, tfds_dir, monkeypatch):
   monkeypatch.setattr(train_classifier, 'train_step', real_step)
   train_classifier.run(config, interrupted)
 
-  _, p_full, r_full = train_classifier.load_network(config, full, 'evaluation')
-  _, p_res, r_res = train_classifier.load_network(config, interrupted, 'evaluation')
+  _, p_full, r_full = networks.load_network(config, full, 'evaluation')
+  _, p_res, r_res = networks.load_network(config, interrupted, 'evaluation')
   assert r_full['params_fingerprint'] == r_res['params_fingerprint']
   jax.tree.map(np.testing.assert_array_equal, p_full, p_res)
 

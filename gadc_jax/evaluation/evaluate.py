@@ -1,7 +1,7 @@
 """The evaluate job: FID, sFID, Inception Score, precision and recall of a samples file.
 
 Both the samples and a reference set are embedded by every network of `evaluate.networks`
-(names in config.networks, loaded with train_classifier.load_network); each network is a
+(names in config.networks, loaded with networks.load_network); each network is a
 feature space, and metric names carry it: `fid_evaluation`, `precision_inception`, ...
 
     config.evaluate.samples     .npz with 'images' uint8 [N, H, W, C] (relative paths are under
@@ -38,7 +38,7 @@ import ml_collections
 import numpy as np
 
 from gadc_jax import artifacts
-from gadc_jax import train_classifier
+from gadc_jax import networks
 from gadc_jax.data import input_pipeline
 from gadc_jax.evaluation import metrics as metrics_lib
 from gadc_jax.evaluation import sample
@@ -136,38 +136,23 @@ def npz_image_batches(path: str, key: str, batch_size: int) -> Iterator[np.ndarr
 # Embedding.
 
 
-@functools.partial(jax.jit, static_argnames=('model',))
-def _embed_batch(params, images: jnp.ndarray, *, model) -> dict[str, jnp.ndarray]:
-  """uint8 images [B, H, W, C] -> float32 {'features' [B, D], 'logits' [B, K]} and, when the
-  module returns a third output, 'spatial' [B, D_s] (flattened per image)."""
-  outputs = model.apply(params, train_classifier.to_unit_range(images))
-  return {name: out.reshape(out.shape[0], -1).astype(jnp.float32)
-          for name, out in zip(('features', 'logits', 'spatial'), outputs)}
-
-
-def embed(model, params, batches, batch_size: int, what: str) -> dict[str, np.ndarray]:
+def embed(forward, batches, what: str) -> dict[str, np.ndarray]:
   """Embeds image batches; keeps features and logits, and the statistics of FID and sFID.
 
   Args:
-    model, params: a network of config.networks.
-    batches: uint8 image batches [<= batch_size, H, W, C].
-    batch_size: the largest batch; every batch is padded to it (one compilation) and
-      sharded over the local devices.
+    forward: `networks.make_forward` of a network of config.networks: uint8 images ->
+      (features, logits[, spatial]).
+    batches: uint8 image batches [<= the forward's batch size, H, W, C].
     what: names the images in errors.
 
   Returns:
     {'features' [N, D], 'logits' [N, K], 'images_shape' [4], 'fid_mu', 'fid_sigma'} and, for
     modules with spatial features, 'sfid_mu', 'sfid_sigma'.
   """
-  mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ('data',))
-  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
-  padded_size = -(-batch_size // mesh.size) * mesh.size
   kept, stats, count, image_shape = {'features': [], 'logits': []}, {}, 0, None
   for images in batches:
     b, image_shape = len(images), images.shape[1:]
-    padded = np.concatenate([images, np.zeros((padded_size - b,) + image_shape, images.dtype)])
-    out = _embed_batch(params, jax.device_put(padded, sharding), model=model)
-    out = {name: np.asarray(value)[:b] for name, value in out.items()}
+    out = dict(zip(('features', 'logits', 'spatial'), forward(images)))
     for name, value in out.items():
       if not np.all(np.isfinite(value)):
         raise artifacts.UserError(f'{what}: the network gives non-finite {name} for images '
@@ -209,7 +194,7 @@ def _reference_inputs(config: ml_collections.ConfigDict, workdir: str) -> dict[s
 
 
 def reference_embedding(config: ml_collections.ConfigDict, workdir: str, network: str,
-                        model, params, record: dict[str, Any]) -> dict[str, np.ndarray]:
+                        forward, record: dict[str, Any]) -> dict[str, np.ndarray]:
   """The reference set in `network`'s space (see `embed`), from WORKDIR/eval_cache if there.
 
   For an ADM reference .npz and the network `adm_stats_network`, the FID / sFID statistics
@@ -236,7 +221,7 @@ def reference_embedding(config: ml_collections.ConfigDict, workdir: str, network
                input_pipeline.iterate_batches(config.data, split, cfg.batch_size))
   else:
     batches = npz_image_batches(_resolve(workdir, cfg.reference), 'arr_0', cfg.batch_size)
-  embedding = embed(model, params, batches, cfg.batch_size, what)
+  embedding = embed(forward, batches, what)
   if use_file_stats:
     for metric, (mu, sigma) in metrics_lib.reference_statistics(
         _resolve(workdir, cfg.reference)).items():
@@ -305,13 +290,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   out_name = cfg.out_name or sample.run_name(config)
   if not os.path.exists(samples_path):
     raise artifacts.UserError(f'no samples at {samples_path}; run the sample job first')
-  networks = {name: train_classifier.load_network(config, workdir, name)
+  loaded = {name: networks.load_network(config, workdir, name)
               for name in cfg.networks}
   inputs = {
       'samples': {'file': os.path.basename(samples_path), 'sha256': _file_sha256(samples_path)},
       'reference': _reference_inputs(config, workdir),
       'networks': {name: [record['arch'], record['params_fingerprint']]
-                   for name, (_, _, record) in networks.items()},
+                   for name, (_, _, record) in loaded.items()},
       'options': {'metrics': list(cfg.metrics), 'k': cfg.k, 'is_splits': cfg.is_splits,
                   'adm_stats_network': cfg.adm_stats_network},
   }
@@ -325,14 +310,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
   samples_shape = npz_images_shape(samples_path, 'images')
   results, skipped, num_reference = {}, {}, {}
-  for name, (model, params, record) in networks.items():
-    reference = reference_embedding(config, workdir, name, model, params, record)
+  for name, (model, variables, record) in loaded.items():
+    forward = networks.make_forward(model, variables, config.networks[name], cfg.batch_size)
+    reference = reference_embedding(config, workdir, name, forward, record)
     if tuple(reference['images_shape'][1:]) != tuple(samples_shape[1:]):
       raise artifacts.UserError(
           f'{samples_path}: images are {tuple(samples_shape[1:])} but the reference '
           f'{cfg.reference} has {tuple(reference["images_shape"][1:])}')
-    samples = embed(model, params, npz_image_batches(samples_path, 'images', cfg.batch_size),
-                    cfg.batch_size, f'samples {samples_path}')
+    samples = embed(forward, npz_image_batches(samples_path, 'images', cfg.batch_size),
+                    f'samples {samples_path}')
     try:
       found, missing = compute_metrics(samples, reference, name, cfg)
     except ValueError as e:

@@ -99,5 +99,5 @@ def test_bad_samples_are_user_errors(evaluated, tmp_path):
   np.savez(path, images=np.zeros((3, 8, 8, 1), np.uint8))  # fewer than k + 1 = 4
   with pytest.raises(artifacts.UserError, match='3 samples; at least 4'):
     evaluate.run(_config(config, path, 'wrong'), workdir)
-  with pytest.raises(artifacts.UserError, match='does not exist'):
+  with pytest.raises(artifacts.UserError, match='no samples at .*missing.npz'):
     evaluate.run(_config(config, 'missing.npz', 'wrong'), workdir)

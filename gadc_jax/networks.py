@@ -1,0 +1,142 @@
+"""Named networks of `config.networks`: trained here, or converted from a local checkpoint.
+
+A network's config has `arch` (an encoders name) and either `seed` (trained by the
+train_classifier job into WORKDIR/classifiers/NAME) or `checkpoint` (a local PyTorch /
+safetensors file of published weights, converted on load); optionally `input_size` (images are
+resized to it, bilinearly, e.g. 299 for Inception) and `bfloat16`; every other key is an
+argument of the module. Every network maps uint8 images to (features, logits[, extra]).
+"""
+
+import functools
+import hashlib
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from gadc_jax import artifacts
+from gadc_jax import encoders
+
+_NOT_MODULE_ARGS = ('arch', 'seed', 'checkpoint', 'input_size', 'bfloat16')
+
+# arch -> (classes of the published head, converter(path) -> variables).
+_PRETRAINED = {
+    'inception_v3_fid': (1008, lambda c, p: c.inception_from_torch(p, 'fid')),
+    'inception_v3': (1000, lambda c, p: c.inception_from_torch(p, 'torchvision')),
+    'resnet34': (1000, lambda c, p: c.resnet_from_torch(p, 34)),
+    'resnet50': (1000, lambda c, p: c.resnet_from_torch(p, 50)),
+    'dinov2_s14': (0, lambda c, p: c.dinov2_from_torch(p, 's')),
+    'dinov2_b14': (0, lambda c, p: c.dinov2_from_torch(p, 'b')),
+    'dinov2_l14': (0, lambda c, p: c.dinov2_from_torch(p, 'l')),
+}
+
+
+def classifier_dir(workdir: str, name: str) -> str:
+  return os.path.join(workdir, 'classifiers', name)
+
+
+def to_unit_range(images: jnp.ndarray) -> jnp.ndarray:
+  """uint8 images [..., H, W, C] -> float32 in [-1, 1]."""
+  return images.astype(jnp.float32) / 127.5 - 1.0
+
+
+def input_spec(net_cfg: ml_collections.ConfigDict) -> tuple[int, bool]:
+  """(input_size or 0, whether to make grey images RGB): how a network wants its images."""
+  return int(net_cfg.get('input_size', 0)), bool(net_cfg.get('checkpoint'))
+
+
+def preprocess(images: jnp.ndarray, spec: tuple[int, bool]) -> jnp.ndarray:
+  """uint8 [B, H, W, C] -> the network's input: [-1, 1], resized to input_size, RGB."""
+  size, rgb = spec
+  x = to_unit_range(images)
+  if size and x.shape[1:3] != (size, size):
+    x = jax.image.resize(x, (x.shape[0], size, size, x.shape[3]), 'bilinear')
+  if rgb and x.shape[-1] == 1:
+    x = jnp.repeat(x, 3, axis=-1)  # ImageNet networks want three channels.
+  return x
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'spec'))
+def _forward(variables, images, *, model, spec):
+  outputs = model.apply(variables, preprocess(images, spec))
+  return tuple(o.reshape(o.shape[0], -1).astype(jnp.float32) if o.ndim != 3 else
+               o.astype(jnp.float32) for o in outputs if o is not None)
+
+
+def make_forward(model, variables, net_cfg: ml_collections.ConfigDict, batch_size: int):
+  """forward(images uint8 [b <= batch_size, H, W, C]) -> the module's outputs as float32
+  numpy arrays (features [b, D], logits [b, K], and any extra output), jitted once: every
+  batch is padded to one size and sharded over this host's devices."""
+  mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ('data',))
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
+  padded_size = -(-batch_size // mesh.size) * mesh.size
+  spec = input_spec(net_cfg)
+
+  def forward(images: np.ndarray) -> tuple[np.ndarray, ...]:
+    b = len(images)
+    padded = np.concatenate([images, np.zeros((padded_size - b,) + images.shape[1:],
+                                              images.dtype)])
+    outputs = _forward(variables, jax.device_put(padded, sharding), model=model, spec=spec)
+    return tuple(np.asarray(o)[:b] for o in outputs)
+
+  return forward
+
+
+def module_kwargs(net_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+  kwargs = {k: v for k, v in net_cfg.items() if k not in _NOT_MODULE_ARGS}
+  if net_cfg.get('bfloat16'):
+    kwargs['dtype'] = jnp.bfloat16
+  return kwargs
+
+
+def _net_cfg(config, name: str) -> ml_collections.ConfigDict:
+  if name not in config.networks:
+    raise artifacts.UserError(
+        f'unknown network {name!r}; config.networks has: {", ".join(config.networks)}')
+  return config.networks[name]
+
+
+@functools.lru_cache(maxsize=8)
+def _file_fingerprint(path: str, size: int, mtime: float) -> str:
+  del size, mtime  # part of the cache key only.
+  h = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for block in iter(lambda: f.read(1 << 20), b''):
+      h.update(block)
+  return h.hexdigest()[:16]
+
+
+def network_record(config, workdir: str, name: str) -> dict[str, Any]:
+  """What later artifacts depend on: arch, head width and a fingerprint of the weights."""
+  net_cfg = _net_cfg(config, name)
+  if net_cfg.get('checkpoint'):
+    path = os.path.expanduser(net_cfg.checkpoint)
+    if net_cfg.arch not in _PRETRAINED:
+      raise artifacts.UserError(f'network {name!r}: no converter for arch {net_cfg.arch!r}; '
+                                f'known: {", ".join(_PRETRAINED)}')
+    if not os.path.isfile(path):
+      raise artifacts.UserError(f'network {name!r}: checkpoint {path} does not exist')
+    stat = os.stat(path)
+    return {'arch': net_cfg.arch, 'num_classes': _PRETRAINED[net_cfg.arch][0],
+            'params_fingerprint': _file_fingerprint(path, stat.st_size, stat.st_mtime)}
+  record_path = os.path.join(classifier_dir(workdir, name), 'classifier.json')
+  if not os.path.exists(record_path):
+    raise artifacts.UserError(
+        f'no trained classifier {name!r} at {record_path}; run the train_classifier job first')
+  return artifacts.read_json(record_path)
+
+
+def load_network(config, workdir: str, name: str):
+  """(module, variables, record) of network `name` of config.networks."""
+  net_cfg = _net_cfg(config, name)
+  record = network_record(config, workdir, name)
+  module = encoders.build(net_cfg.arch, record['num_classes'], **module_kwargs(net_cfg))
+  if net_cfg.get('checkpoint'):
+    from gadc_jax.encoders import convert  # pylint: disable=g-import-not-at-top
+    return module, _PRETRAINED[net_cfg.arch][1](convert, os.path.expanduser(
+        net_cfg.checkpoint)), record
+  from gadc_jax import train_classifier  # pylint: disable=g-import-not-at-top
+  return module, train_classifier.restore_params(config, workdir, name, module, record), record
