@@ -112,6 +112,10 @@ def _file_fingerprint(path: str, size: int, mtime: float) -> str:
 def network_record(config, workdir: str, name: str) -> dict[str, Any]:
   """What later artifacts depend on: arch, head width and a fingerprint of the weights."""
   net_cfg = _net_cfg(config, name)
+  if net_cfg.arch in _PRETRAINED and not net_cfg.get('checkpoint'):
+    raise artifacts.UserError(
+        f'network {name!r} ({net_cfg.arch}) needs published weights: set '
+        f'--config.networks.{name}.checkpoint to a local checkpoint file')
   if net_cfg.get('checkpoint'):
     path = os.path.expanduser(net_cfg.checkpoint)
     if net_cfg.arch not in _PRETRAINED:

@@ -70,3 +70,17 @@ def test_empty_image_folder(tmp_path):
                     workdir=str(tmp_path / 'w'))
   assert result.returncode != 0
   assert str(tmp_path / 'images') in error_line(result)
+
+
+@pytest.mark.parametrize('arg', ['dit,10/class', 'sit,100/class'])
+def test_imagenet_config_names_what_is_missing(tmp_path, arg):
+  cmd = [sys.executable, 'main.py', f'--config=configs/imagenet.py:{arg}',
+         f'--workdir={tmp_path / "w"}', f'--config.data.data_dir={tmp_path / "tfds"}']
+  result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert result.returncode != 0
+  assert 'needs a manual download' in error_line(result)
+  result = subprocess.run(cmd + [f'--config.data.manual_dir={tmp_path}',
+                                 '--config.data.name=gadc_digits'],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert result.returncode != 0
+  assert "network 'selection' (inception_v3) needs published weights" in error_line(result)

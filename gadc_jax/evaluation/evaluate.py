@@ -275,6 +275,9 @@ def _check_config(cfg: ml_collections.ConfigDict) -> None:
                               + ', '.join(METRICS))
   if not cfg.networks:
     raise artifacts.UserError('evaluate.networks is empty; name networks of config.networks')
+  if not cfg.reference:
+    raise artifacts.UserError("evaluate.reference is empty: 'split:NAME' of config.data, or "
+                              'a reference batch .npz (e.g. ADM\'s VIRTUAL_imagenet256)')
 
 
 def out_path(workdir: str, out_name: str) -> str:

@@ -43,7 +43,6 @@ def default_config() -> ml_collections.ConfigDict:
       'network': 'selection',  # feature space (and classifier) the method selects in.
       'split': 'train',
       'eval_networks': ('evaluation',),  # further spaces the diagnostics are computed in.
-      'tau': 0.0,              # candidate filter: max probability below tau is excluded.
       'classes_per_batch': 16,
       'name': '',              # output folder; '' = METHOD-BUDGET-seedSEED.
       'grid_classes': 10,
@@ -157,7 +156,9 @@ def _select_classes(config, store, eval_stores, out, classes, m) -> None:
   bar = tqdm.tqdm(total=len(classes), desc=f'select {cfg.method} m={m}', unit='class')
   for i in range(0, len(classes), cfg.classes_per_batch):
     batch = classes[i:i + cfg.classes_per_batch]
-    probs = [problem_lib.with_min_candidates(_class_problem(store, c, cfg.tau), m)
+    # The spec's candidate filter belongs to GADC (select.gadc.tau); baselines see every image.
+    tau = cfg.gadc.tau if cfg.method == 'gadc' else 0.0
+    probs = [problem_lib.with_min_candidates(_class_problem(store, c, tau), m)
              for c in batch]
     keys = jax.vmap(lambda c: jax.random.fold_in(seed_key, c))(np.asarray(batch))
     result = select_fn(problem_lib.stack_problems(probs), m, cfg[cfg.method], keys)
@@ -223,7 +224,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       'diagnostics': cfg.diagnostics.to_dict(),
       'per_class': m.tolist(),
       'seed': cfg.seed,
-      'tau': cfg.tau,
   }
   expected = artifacts.fingerprint(inputs)
   out = os.path.join(workdir, 'selections', run_name(cfg))

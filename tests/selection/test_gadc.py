@@ -1,0 +1,212 @@
+"""GADC search against an independent NumPy exhaustive search, and its batching contracts."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+from scipy.special import log_softmax
+
+from gadc_jax.selection import gadc
+from gadc_jax.selection import objective as obj
+from gadc_jax.selection import problem as problem_lib
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _class(seed, n, dim=5, classes=6):
+  """A clustered class with classifier outputs; CE is for label 0."""
+  rng = np.random.default_rng(seed)
+  centres = 1.5 * rng.standard_normal((3, dim))
+  x = centres[rng.integers(0, 3, n)] + 0.6 * rng.standard_normal((n, dim))
+  log_p = log_softmax(1.5 * rng.standard_normal((n, classes)), axis=1)
+  p = np.exp(log_p)
+  return problem_lib.make_problem(x, p, -log_p[:, 0], -(p * log_p).sum(1), p.max(1))
+
+
+def _config(**overrides):
+  cfg = obj.default_gadc_config()
+  cfg.epsilon = 2.0
+  cfg.sinkhorn_threshold = 1e-6
+  cfg.update(overrides)
+  return cfg
+
+
+# ---------------------------------------------------------------- NumPy reference
+
+
+def _scaling_sinkhorn(cost, delta, eps, kappa):
+  """Transport cost of the real rows: kernel-form Sinkhorn in float64 (not ott's log form)."""
+  m, n = cost.shape
+  kernel = np.exp(-np.vstack([cost, np.full((1, n), delta)]) / eps)
+  a = np.r_[np.full(m, 1.0 / m), kappa - 1.0]
+  b = np.full(n, kappa / n)
+  v = np.ones(n)
+  for _ in range(100000):
+    u = a / (kernel @ v)
+    v = b / (kernel.T @ u)
+    plan = u[:, None] * kernel * v[None, :]
+    if np.abs(plan.sum(1) - a).sum() < 1e-12:
+      break
+  return (plan[:m] * cost).sum()
+
+
+def _numpy_objective(problem, subset, cfg):
+  x = problem.features.astype(np.float64)
+  cost = ((x[:, None] - x[None]) ** 2).sum(-1)
+  delta = cfg.delta_factor * np.sort(cost.ravel())[(cost.size - 1) // 2]
+  xs = x[subset]
+  value = _scaling_sinkhorn(cost[subset], delta, cfg.epsilon, cfg.kappa)
+  var_c = x.var(0, ddof=1)
+  var_s = xs.var(0, ddof=1) if len(subset) > 1 else np.zeros(x.shape[1])
+  mom = (1.25 * ((xs.mean(0) - x.mean(0)) ** 2).sum()
+         + (var_s + var_c - 2 * np.sqrt(var_s * var_c)).sum())
+  log_t = log_softmax(np.log(problem.probs.astype(np.float64)) / cfg.temperature, axis=1)
+  pbar_c, pbar_s = np.exp(log_t).mean(0), np.exp(log_t[subset]).mean(0)
+  kl = (pbar_c * np.log(pbar_c / pbar_s)).sum()
+  return (value + cfg.w_mom * cfg.s_mom * mom + cfg.w_ce * problem.ce[subset].mean()
+          + cfg.w_ent * problem.entropy[subset].mean() + cfg.w_kl * kl)
+
+
+def _numpy_gadc(problem, m, cfg):
+  """The spec's greedy then swap refinement, exhaustively, ties to the lowest index."""
+  candidates = np.flatnonzero(problem.candidate)
+  score = lambda s: _numpy_objective(problem, list(s), cfg)
+  subset = []
+  for _ in range(m):
+    options = [c for c in candidates if c not in subset]
+    values = [score(subset + [c]) for c in options]
+    subset.append(options[int(np.argmin(values))])
+  current = score(subset)
+  for _ in range(cfg.rounds):
+    best, best_subset = np.inf, None
+    for slot in range(m):
+      for c in candidates:
+        if c in subset:
+          continue
+        trial = subset[:slot] + [c] + subset[slot + 1:]
+        value = score(trial)
+        if value < best:
+          best, best_subset = value, trial
+    if not best < current - cfg.min_improvement:
+      break
+    subset, current = best_subset, best
+  return sorted(subset), current
+
+
+def _select_one(problem, m, cfg):
+  out = gadc.select(problem_lib.stack_problems([problem]), m, cfg,
+                    jax.random.split(jax.random.key(0), 1))
+  return np.asarray(out.indices[0]), float(out.objective[0])
+
+
+# ---------------------------------------------------------------- tests
+
+_TERM_SWITCHES = {
+    'default': {},
+    'no_mom': {'w_mom': 0.0},
+    'no_ce': {'w_ce': 0.0},
+    'ent_kl_temperature': {'w_ent': 0.5, 'w_kl': 3.0, 'temperature': 2.0},
+    'balanced_kappa_1': {'kappa': 1.0},
+    'no_refinement': {'rounds': 0},
+}
+
+
+@pytest.mark.parametrize('name', [
+    'default', *[pytest.param(k, marks=pytest.mark.slow) for k in _TERM_SWITCHES if
+                 k != 'default']])
+def test_matches_numpy_exhaustive_search(name):
+  problem = _class(seed=len(name), n=40)
+  cfg = _config(**_TERM_SWITCHES[name])
+  expected, expected_value = _numpy_gadc(problem, 4, cfg)
+  cfg.mode = 'exhaustive'
+  indices, value = _select_one(problem, 4, cfg)
+  np.testing.assert_array_equal(indices, expected)
+  np.testing.assert_allclose(value, expected_value, rtol=1e-4)
+  np.testing.assert_allclose(obj.objective_of(problem, indices, cfg), expected_value,
+                             rtol=1e-4)
+  # Fast mode may reach a better optimum (it also refines the release's greedy start).
+  cfg.mode = 'fast'
+  _, fast_value = _select_one(problem, 4, cfg)
+  assert fast_value <= value * (1 + 1e-3)
+
+
+@pytest.mark.slow
+def test_candidate_filter_padding_and_batching():
+  """Padding changes nothing, vmapped equals per-class, seeds do not matter, J is finite."""
+  cfg = _config(w_kl=1.0, temperature=2.0)  # tempering must ignore the padding rows
+  problems = [_class(seed=s, n=n) for s, n in ((10, 40), (11, 33), (12, 37))]
+  # Excluded candidates are never picked but still count in the class statistics.
+  problems[2] = problems[2]._replace(candidate=np.arange(37) % 3 != 0)
+  batch = problem_lib.stack_problems(problems, n=44)
+  out = gadc.select(batch, 4, cfg, jax.random.split(jax.random.key(1), 3))
+  again = gadc.select(batch, 4, cfg, jax.random.split(jax.random.key(2), 3))
+  np.testing.assert_array_equal(out.indices, again.indices)
+  assert np.all(np.isfinite(out.objective))
+  for b, problem in enumerate(problems):
+    alone = gadc.select(problem_lib.stack_problems([problem], n=44), 4, cfg,
+                        jax.random.split(jax.random.key(0), 1))
+    np.testing.assert_array_equal(out.indices[b], alone.indices[0])
+    np.testing.assert_allclose(out.objective[b], alone.objective[0], rtol=1e-5)
+    assert np.all(np.asarray(out.indices[b]) < len(problem.ce))
+    np.testing.assert_allclose(out.objective[b],
+                               obj.objective_of(problem, out.indices[b], cfg), rtol=1e-4)
+  assert not np.any(np.asarray(out.indices[2]) % 3 == 0)
+  unpadded, _ = _select_one(problems[0], 4, cfg)
+  np.testing.assert_array_equal(out.indices[0], unpadded)
+
+
+@pytest.mark.parametrize('norm', [1e-3, 1e3])
+def test_finite_objective_for_extreme_feature_norms(norm):
+  problem = _class(seed=3, n=30, dim=16)
+  x = problem.features
+  problem = problem._replace(
+      features=(norm * x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32))
+  cfg = obj.default_gadc_config('resnet50')  # absolute epsilon 20
+  cfg.rounds = 2
+  indices, value = _select_one(problem, 3, cfg)
+  assert np.isfinite(value) and len(set(indices.tolist())) == 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('seed,n,dim,m', [(20, 60, 8, 5), (21, 90, 16, 6), (22, 120, 32, 8)])
+def test_fast_within_tenth_of_a_percent_of_exhaustive(seed, n, dim, m):
+  problem = _class(seed=seed, n=n, dim=dim)
+  cfg = _config(epsilon_rel=0.05, rounds=10)
+  _, fast = _select_one(problem, m, cfg)
+  cfg.mode = 'exhaustive'
+  _, exhaustive = _select_one(problem, m, cfg)
+  assert fast <= exhaustive * (1 + 1e-3)
+
+
+_SHARDED_SCRIPT = textwrap.dedent('''
+    import jax, numpy as np
+    from jax.sharding import Mesh
+    import test_gadc as t
+    from gadc_jax.selection import gadc, problem as problem_lib
+    assert len(jax.devices()) == 8
+    problems = [t._class(seed=30 + b, n=30 + b) for b in range(5)]
+    batch = problem_lib.stack_problems(problems, n=36)
+    cfg = t._config(rounds=3)
+    keys = jax.random.split(jax.random.key(0), 5)
+    mesh = Mesh(np.array(jax.devices()), ('classes',))
+    out = gadc.select(batch, 3, cfg, keys, mesh=mesh)
+    for b in range(5):
+      alone = gadc.select(problem_lib.stack_problems([problems[b]], n=36), 3, cfg, keys[b:b + 1])
+      np.testing.assert_array_equal(out.indices[b], alone.indices[0])
+      np.testing.assert_allclose(out.objective[b], alone.objective[0], rtol=1e-5)
+    print('sharded ok')
+''')
+
+
+@pytest.mark.slow
+def test_sharded_over_eight_devices_equals_per_class_loop():
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+             PYTHONPATH=os.pathsep.join([_ROOT, os.path.dirname(__file__)]),
+             JAX_PLATFORMS='cpu')
+  result = subprocess.run([sys.executable, '-c', _SHARDED_SCRIPT], env=env,
+                          capture_output=True, text=True, timeout=900)
+  assert 'sharded ok' in result.stdout, result.stderr[-3000:]
