@@ -99,6 +99,27 @@ def check_fingerprint(path: str, expected: str, found: str, what: str) -> None:
         f'{expected}); it was made from other inputs. Use a new --workdir or remove it.')
 
 
+def finished_or_start(done_path: str, started_path: str, expected: str,
+                      inputs: Mapping[str, Any], what: str) -> dict | None:
+  """The resumable-job handshake every job does before it works.
+
+  Returns the finished record at `done_path` (refused if made from other inputs), or None
+  after checking that work already started in this folder came from the same inputs (or, on
+  host 0, recording at `started_path` that it starts now).
+  """
+  if os.path.exists(done_path):
+    record = read_json(done_path)
+    check_fingerprint(done_path, expected, record['fingerprint'], what)
+    return record
+  if os.path.exists(started_path):
+    check_fingerprint(started_path, expected, read_json(started_path)['fingerprint'], what)
+  else:
+    import jax  # local: keeps this module importable without initialising jax.
+    if jax.process_index() == 0:
+      atomic_write_json(started_path, {'fingerprint': expected, 'inputs': inputs})
+  return None
+
+
 def ensure_writable_dir(path: str) -> None:
   """Creates `path` if needed; a clear UserError when it cannot be written."""
   try:

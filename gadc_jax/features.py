@@ -194,17 +194,11 @@ def compute_store(config: ml_collections.ConfigDict, workdir: str, network: str,
   out = store_dir(workdir, network, split)
   inputs = expected_inputs(config, workdir, network, split)
   expected = artifacts.fingerprint(inputs)
-  if os.path.exists(os.path.join(out, 'manifest.json')):
-    store = FeatureStore(out)
-    artifacts.check_fingerprint(out, expected, store.fingerprint, 'features')
+  if artifacts.finished_or_start(os.path.join(out, 'manifest.json'),
+                                 os.path.join(out, 'shards', 'inputs.json'), expected, inputs,
+                                 'features') is not None:
     logging.info('features %s already complete; skipping.', out)
-    return store
-  started = os.path.join(out, 'shards', 'inputs.json')
-  if os.path.exists(started):  # resume only what was started from the same inputs.
-    artifacts.check_fingerprint(os.path.join(out, 'shards'), expected,
-                                artifacts.read_json(started)['fingerprint'], 'features')
-  elif jax.process_index() == 0:
-    artifacts.atomic_write_json(started, {'fingerprint': expected, 'inputs': inputs})
+    return FeatureStore(out)
 
   num_examples = inputs['dataset'][3]
   shard_size = config.features.shard_size

@@ -84,19 +84,12 @@ def train_network(config: ml_collections.ConfigDict, workdir: str, name: str) ->
   record_path = os.path.join(out, 'classifier.json')
   inputs = _inputs(config, name)
   expected = artifacts.fingerprint(inputs)
-  if os.path.exists(record_path):
-    record = artifacts.read_json(record_path)
-    artifacts.check_fingerprint(record_path, expected, record['fingerprint'], 'classifier')
+  record = artifacts.finished_or_start(record_path, os.path.join(out, 'inputs.json'),
+                                       expected, inputs, 'classifier')
+  if record is not None:
     logging.info('classifier %s already trained (test accuracy %.4f); skipping.', name,
                  record['test_accuracy'])
     return record
-  # An interrupted run left its inputs here; resuming from other inputs would mix them.
-  inputs_path = os.path.join(out, 'inputs.json')
-  if os.path.exists(inputs_path):
-    artifacts.check_fingerprint(inputs_path, expected,
-                                artifacts.read_json(inputs_path)['fingerprint'], 'classifier')
-  else:
-    artifacts.atomic_write_json(inputs_path, {'fingerprint': expected, 'inputs': inputs})
 
   cfg = config.classifier
   net_cfg = config.networks[name]
@@ -148,13 +141,8 @@ def restore_params(config, workdir: str, name: str, model, record: dict):
   info = input_pipeline.split_info(config.data, config.classifier.train_split)
   tx = _optimizer(config.classifier)
   abstract = jax.eval_shape(lambda: _init_state(model, tx, net_cfg.seed, info.image_shape))
-  try:
-    state = checkpoints.Checkpointer(os.path.join(out, 'checkpoints')).restore(
-        abstract, record['step'])
-  except Exception as e:  # orbax raises assorted types for a missing or misshaped tree.
-    raise artifacts.UserError(
-        f'checkpoint of classifier {name!r} in {out} does not match config.networks.{name} '
-        f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""})') from None
+  state = checkpoints.Checkpointer(os.path.join(out, 'checkpoints')).restore(
+      abstract, record['step'])
   found = artifacts.array_fingerprint(state['params'])
   artifacts.check_fingerprint(os.path.join(out, 'checkpoints'), record['params_fingerprint'],
                               found, 'params')

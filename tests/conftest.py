@@ -6,6 +6,13 @@ import runpy
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
+try:
+  # The PyTorch oracles first: torchvision pulls in triton, whose native libraries crash the
+  # process (SIGSEGV) when they load after TensorFlow's and XLA's. Loaded first, all coexist.
+  import torchvision  # pylint: disable=g-import-not-at-top,unused-import
+except ImportError:  # the runtime environment has no torch; the oracle tests need it.
+  pass
+
 import pytest  # pylint: disable=g-import-not-at-top
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

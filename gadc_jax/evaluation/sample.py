@@ -116,13 +116,8 @@ def load_ema_params(config, workdir: str):
   abstract = jax.eval_shape(lambda: train_lib.init_state(
       model, train_lib.optimizer(cfg), jax.random.PRNGKey(0), _model_space_shape(config),
       text_table))
-  try:
-    state = checkpoints.Checkpointer(os.path.join(out, 'checkpoints')).restore(
-        abstract, record['step'])
-  except Exception as e:  # orbax raises assorted types for a tree of another shape.
-    raise artifacts.UserError(
-        f'checkpoint in {out} does not fit config.train.model {cfg.model} '
-        f'({type(e).__name__})') from None
+  state = checkpoints.Checkpointer(os.path.join(out, 'checkpoints')).restore(
+      abstract, record['step'])
   artifacts.check_fingerprint(out, record['ema_fingerprint'],
                               artifacts.array_fingerprint(state.ema_params), 'EMA params')
   return model, state.ema_params, record
@@ -146,17 +141,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             'batch_size': cfg.batch_size, 'seed': cfg.seed, 'sampler': cfg.sampler.to_dict()}
   expected = artifacts.fingerprint(inputs)
   final = os.path.join(out, 'samples.npz')
-  started = os.path.join(out, 'parts', 'inputs.json')
-  if os.path.exists(os.path.join(out, 'samples.json')):
-    done = artifacts.read_json(os.path.join(out, 'samples.json'))
-    artifacts.check_fingerprint(final, expected, done['fingerprint'], 'samples')
+  done = artifacts.finished_or_start(os.path.join(out, 'samples.json'),
+                                     os.path.join(out, 'parts', 'inputs.json'), expected,
+                                     inputs, 'samples')
+  if done is not None:
     logging.info('samples %s already complete; skipping.', out)
     return done
-  if os.path.exists(started):
-    artifacts.check_fingerprint(started, expected, artifacts.read_json(started)['fingerprint'],
-                                'samples')
-  else:
-    artifacts.atomic_write_json(started, {'fingerprint': expected, 'inputs': inputs})
 
   num_classes = input_pipeline.split_info(config.data, config.train.split).num_classes
   labels = np.arange(cfg.num_samples) % num_classes

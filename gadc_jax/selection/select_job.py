@@ -228,17 +228,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   expected = artifacts.fingerprint(inputs)
   out = os.path.join(workdir, 'selections', run_name(cfg))
   final = os.path.join(out, 'selection.json')
-  if os.path.exists(final):
-    summary = artifacts.read_json(final)
-    artifacts.check_fingerprint(final, expected, summary['fingerprint'], 'selection')
+  summary = artifacts.finished_or_start(final, os.path.join(out, 'classes', 'inputs.json'),
+                                        expected, inputs, 'selection')
+  if summary is not None:
     logging.info('selection %s already complete; skipping.', out)
     return summary
-  started = os.path.join(out, 'classes', 'inputs.json')
-  if os.path.exists(started):
-    artifacts.check_fingerprint(started, expected, artifacts.read_json(started)['fingerprint'],
-                                'selection')
-  elif jax.process_index() == 0:
-    artifacts.atomic_write_json(started, {'fingerprint': expected, 'inputs': inputs})
   multihost_utils.sync_global_devices(f'select {out} start')
 
   t0 = time.time()

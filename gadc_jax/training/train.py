@@ -285,17 +285,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   inputs = _inputs(config, description, image_shape)
   expected = artifacts.fingerprint(inputs)
   done_path = os.path.join(out, 'train.json')
-  if os.path.exists(done_path):
-    record = artifacts.read_json(done_path)
-    artifacts.check_fingerprint(done_path, expected, record['fingerprint'], 'training run')
+  record = artifacts.finished_or_start(done_path, os.path.join(out, 'inputs.json'), expected,
+                                       inputs, 'training run')
+  if record is not None:
     logging.info('training %s already finished; skipping.', out)
     return record
-  inputs_path = os.path.join(out, 'inputs.json')
-  if os.path.exists(inputs_path):
-    artifacts.check_fingerprint(inputs_path, expected,
-                                artifacts.read_json(inputs_path)['fingerprint'], 'training run')
-  elif jax.process_index() == 0:
-    artifacts.atomic_write_json(inputs_path, {'fingerprint': expected, 'inputs': inputs})
 
   vae = load_vae(cfg) if cfg.space == 'latent' else None
   text_table = load_text_table(cfg)
