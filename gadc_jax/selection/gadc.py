@@ -33,16 +33,11 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
 from gadc_jax.selection import objective as obj
+from gadc_jax.selection.output import SelectionOutput
 from gadc_jax.selection.problem import ClassProblem
 
 # Candidates scored at once in exhaustive mode (memory: this many (m+1) x n solves).
 _EXHAUSTIVE_BATCH = 64
-
-
-class SelectionOutput(NamedTuple):
-  """indices [B, m] int32 (ascending, into each padded class); objective [B] float32."""
-  indices: jax.Array
-  objective: jax.Array
 
 
 class _State(NamedTuple):
