@@ -18,6 +18,19 @@ import pytest  # pylint: disable=g-import-not-at-top
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def killed_after(fn, calls: int):
+  """fn, except that call number `calls` + 1 raises KeyboardInterrupt: a kill mid-job."""
+  count = {'n': 0}
+
+  def wrapped(*args, **kwargs):
+    if count['n'] == calls:
+      raise KeyboardInterrupt
+    count['n'] += 1
+    return fn(*args, **kwargs)
+
+  return wrapped
+
+
 def digits_config(data_dir: str):
   config = runpy.run_path(os.path.join(REPO, 'configs', 'digits.py'))['get_config']()
   config.data.data_dir = data_dir

@@ -12,6 +12,7 @@ from gadc_jax import artifacts
 from gadc_jax import features
 from gadc_jax import networks
 from gadc_jax.data import input_pipeline
+from tests.conftest import killed_after
 
 FIELDS = ('features', 'probs', 'ce', 'entropy', 'maxprob', 'labels', 'positions', 'ids')
 
@@ -73,15 +74,7 @@ def test_killed_half_way_then_resumed_equals_uninterrupted(digits_workdir, tmp_p
   config.features.shard_size = 300  # 1437 train images: 5 shards.
   os.symlink(os.path.join(workdir, 'classifiers'), tmp_path / 'classifiers')
   real = features._compute_shard
-  calls = {'n': 0}
-
-  def dying(*args, **kwargs):
-    if calls['n'] == 2:
-      raise KeyboardInterrupt  # a kill between shards
-    calls['n'] += 1
-    return real(*args, **kwargs)
-
-  monkeypatch.setattr(features, '_compute_shard', dying)
+  monkeypatch.setattr(features, '_compute_shard', killed_after(real, 2))  # between shards
   with pytest.raises(KeyboardInterrupt):
     features.run(config, str(tmp_path))
   out = features.store_dir(str(tmp_path), 'evaluation', 'train')

@@ -9,7 +9,7 @@ import pytest
 from gadc_jax import artifacts
 from gadc_jax import networks
 from gadc_jax import train_classifier
-from tests.conftest import digits_config
+from tests.conftest import digits_config, killed_after
 
 
 def test_both_networks_are_accurate(digits_workdir):
@@ -49,15 +49,7 @@ def test_kill_and_resume_gives_same_params(tmp_path, tfds_dir, monkeypatch):
   # "Kill" the second run right after its step-20 checkpoint.
   interrupted = str(tmp_path / 'interrupted')
   real_step = train_classifier.train_step
-  calls = {'n': 0}
-
-  def dying_step(*args, **kwargs):
-    if calls['n'] == 21:
-      raise KeyboardInterrupt
-    calls['n'] += 1
-    return real_step(*args, **kwargs)
-
-  monkeypatch.setattr(train_classifier, 'train_step', dying_step)
+  monkeypatch.setattr(train_classifier, 'train_step', killed_after(real_step, 21))
   with pytest.raises(KeyboardInterrupt):
     train_classifier.run(config, interrupted)
   assert not os.path.exists(os.path.join(interrupted, 'classifiers', 'evaluation',

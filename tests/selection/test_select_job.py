@@ -9,6 +9,7 @@ import pytest
 from gadc_jax import artifacts
 from gadc_jax import features
 from gadc_jax.selection import select_job
+from tests.conftest import killed_after
 
 
 def test_per_class_budget_forms():
@@ -91,15 +92,7 @@ def test_killed_then_resumed_equals_uninterrupted(digits_workdir, tmp_path, monk
 
   config.select.name = 'interrupted'
   real = select_job._score_class
-  calls = {'n': 0}
-
-  def dying(*args, **kwargs):
-    if calls['n'] == 5:
-      raise KeyboardInterrupt
-    calls['n'] += 1
-    return real(*args, **kwargs)
-
-  monkeypatch.setattr(select_job, '_score_class', dying)
+  monkeypatch.setattr(select_job, '_score_class', killed_after(real, 5))
   with pytest.raises(KeyboardInterrupt):
     select_job.run(config, workdir)
   done = os.listdir(os.path.join(workdir, 'selections', 'interrupted', 'classes'))

@@ -16,7 +16,7 @@ from gadc_jax.evaluation import sample
 from gadc_jax.training import checkpoints
 from gadc_jax.training import train
 from gadc_jax.training import train_state
-from tests.conftest import REPO, digits_config
+from tests.conftest import REPO, digits_config, killed_after
 
 
 def tiny_config(tfds_dir, **train_overrides):
@@ -46,20 +46,9 @@ def test_kill_and_resume_is_bit_identical(tfds_dir, tmp_path, monkeypatch):
 
   real = train_state.make_train_step
 
-  def dying_after(n):
-    def make(*args, **kwargs):
-      step = real(*args, **kwargs)
-      calls = {'n': 0}
-
-      def wrapped(*a):
-        if calls['n'] == n:
-          raise KeyboardInterrupt  # a kill after the step-3 checkpoint.
-        calls['n'] += 1
-        return step(*a)
-      return wrapped
-    return make
-
-  monkeypatch.setattr(train_state, 'make_train_step', dying_after(4))
+  # A kill after the step-3 checkpoint.
+  monkeypatch.setattr(train_state, 'make_train_step',
+                      lambda *a, **k: killed_after(real(*a, **k), 4))
   with pytest.raises(KeyboardInterrupt):
     train.run(config, str(tmp_path / 'resumed'))
   monkeypatch.setattr(train_state, 'make_train_step', real)
