@@ -18,6 +18,7 @@ import jax
 from ml_collections import config_flags
 
 from gadc_jax import artifacts
+from gadc_jax import host
 from gadc_jax import jobs
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -60,6 +61,7 @@ def main(argv: list[str]) -> None:
   if _WORKDIR.value is None:
     _fail('--workdir is required')
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  host.configure_cpu_runtime()
   if _MULTIHOST.value:
     jax.distributed.initialize()
   logging.info('host %d of %d; %d local / %d global devices: %s', jax.process_index(),

@@ -94,4 +94,16 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, ema_decay
   return jax.jit(train_step,
                  in_shardings=(state_shardings, batch_sharding(mesh), replicated),
                  out_shardings=(state_shardings, replicated),
-                 donate_argnums=(0,))
+                 donate_argnums=(0,), compiler_options=compiler_options())
+
+
+def compiler_options() -> dict[str, str] | None:
+  """XLA options for jitting a transformer step on the default backend.
+
+  On the CPU, XLA (jaxlib 0.10) hands dots to YNNPACK by default; for DiT's matmuls, batched
+  attention dots and their gradients that is about 20% slower than XLA's own (Eigen) path,
+  measured by benchmarks/train_bench.py, so it is switched off there.
+  """
+  if jax.default_backend() == 'cpu':
+    return {'xla_cpu_experimental_ynn_fusion_type': ''}
+  return None
