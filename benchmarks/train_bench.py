@@ -1,6 +1,11 @@
 """Train-step throughput of DiT-S/2 on 32x32x4 latents, ours (JAX) beside diffusers (PyTorch).
 
     python benchmarks/train_bench.py [--steps 10] [--batch 32]
+    python benchmarks/train_bench.py --mfu [--model DiT-XL/2 --batch 256 --peak_tflops P]
+
+--mfu times only ours, in bfloat16, and prints the model FLOPs utilisation: XLA's FLOP count
+of one forward pass, times 3 for forward and backward, per second, over the accelerator's
+dense bfloat16 peak (a table of known devices, or --peak_tflops).
 
 Both sides run a full step as DiT trains: forward, the diffusion loss, backward, AdamW and the
 EMA update. Ours also computes the vb term (strictly more work). Both processes run with the
@@ -25,15 +30,25 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 from gadc_jax import host  # pylint: disable=g-import-not-at-top
 
 
-def ours(batch: int, steps: int) -> float:
+# Dense bfloat16 peaks in TFLOP/s, by jax device_kind.
+PEAK_BF16_TFLOPS = {'NVIDIA H100 80GB HBM3': 989.0, 'NVIDIA H200': 989.0,
+                    'NVIDIA A100-SXM4-80GB': 312.0, 'NVIDIA A100-SXM4-40GB': 312.0,
+                    'TPU v4': 275.0, 'TPU v5 lite': 197.0, 'TPU v5p': 459.0}
+
+
+def ours(batch: int, steps: int, model_name: str = 'DiT-S/2',
+         bfloat16: bool = False) -> tuple[float, float]:
+  """(steps per second, forward FLOPs per image by XLA's count) of our train step."""
   host.configure_cpu_runtime()
   import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
   from gadc_jax.diffusion import gaussian  # pylint: disable=g-import-not-at-top
   from gadc_jax.training import train  # pylint: disable=g-import-not-at-top
   from gadc_jax.training import train_state  # pylint: disable=g-import-not-at-top
   cfg = train.default_config()
   cfg.model_overrides = ml_collections.ConfigDict()
+  cfg.model, cfg.bfloat16 = model_name, bfloat16
   model = train.build_model(cfg, 1000)
   tx = train.optimizer(cfg)
   mesh = train_state.make_mesh()
@@ -48,13 +63,15 @@ def ours(batch: int, steps: int) -> float:
           'y': rng.integers(0, 1000, batch).astype(np.int32)}
   data = jax.device_put(data, train_state.batch_sharding(mesh))
   key = jax.random.PRNGKey(1)
+  forward = jax.jit(lambda p, x, y: model.apply(p, x, jnp.zeros(x.shape[:1]), y, train=False))
+  flops = forward.lower(state.params, data['x'][:1], data['y'][:1]).compile().cost_analysis()
   state, m = step(state, data, key)  # compile
   jax.block_until_ready(m)
   t0 = time.perf_counter()
   for _ in range(steps):
     state, m = step(state, data, key)
   jax.block_until_ready(m)
-  return steps / (time.perf_counter() - t0)
+  return steps / (time.perf_counter() - t0), float(flops['flops'])
 
 
 def theirs_in_child(batch: int, steps: int) -> float | None:
@@ -106,12 +123,20 @@ def main():
   parser.add_argument('--steps', type=int, default=10)
   parser.add_argument('--batch', type=int, default=32)
   parser.add_argument('--torch', action='store_true', help='time only the PyTorch side')
+  parser.add_argument('--mfu', action='store_true',
+                      help='model FLOPs utilisation of ours in bfloat16 (for an accelerator)')
+  parser.add_argument('--model', default='DiT-XL/2', help='the model of --mfu')
+  parser.add_argument('--peak_tflops', type=float, default=0.0,
+                      help='the device peak for --mfu; 0: from PEAK_BF16_TFLOPS')
   args = parser.parse_args()
   if args.torch:
     print(json.dumps(theirs(args.batch, args.steps)))
     return
+  if args.mfu:
+    mfu(args)
+    return
   torch_sps = theirs_in_child(args.batch, args.steps)
-  jax_sps = ours(args.batch, args.steps)
+  jax_sps, _ = ours(args.batch, args.steps)
   import jax  # pylint: disable=g-import-not-at-top
   device = jax.devices()[0].device_kind
   print(f'DiT-S/2, 32x32x4 latents, batch {args.batch}, {args.steps} timed steps ({device})')
@@ -123,6 +148,25 @@ def main():
   print(json.dumps({'device': device, 'batch': args.batch, 'jax_steps_per_s': jax_sps,
                     'torch_steps_per_s': torch_sps,
                     'ratio': None if torch_sps is None else jax_sps / torch_sps}))
+
+
+def mfu(args) -> None:
+  host.configure_cpu_runtime()
+  import jax  # pylint: disable=g-import-not-at-top
+  device = jax.devices()[0].device_kind
+  peak = args.peak_tflops or PEAK_BF16_TFLOPS.get(device)
+  if not peak:
+    sys.exit(f'no bfloat16 peak known for {device!r}: pass --peak_tflops')
+  sps, forward_flops = ours(args.batch, args.steps, args.model, bfloat16=True)
+  achieved = 3 * forward_flops * args.batch * sps / 1e12
+  utilisation = achieved / (peak * jax.device_count())
+  print(f'{args.model} bfloat16, 32x32x4 latents, batch {args.batch}, {args.steps} timed steps, '
+        f'{jax.device_count()} x {device}')
+  print(f'{sps:.3f} steps/s, {sps * args.batch:.1f} images/s, {forward_flops / 1e9:.1f} GFLOP '
+        f'a forward pass, {achieved:.1f} TFLOP/s: MFU {utilisation:.1%}')
+  print(json.dumps({'device': device, 'model': args.model, 'batch': args.batch,
+                    'steps_per_s': sps, 'forward_gflops': forward_flops / 1e9,
+                    'mfu': utilisation}))
 
 
 if __name__ == '__main__':

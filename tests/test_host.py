@@ -8,8 +8,10 @@ import pytest
 
 from tests.conftest import REPO
 
-# Runs a jitted function whose temporaries are one 128 MB block five times and counts the
-# minor page faults of the last three runs: a block that is mapped afresh faults on every page.
+# Runs a jitted function whose temporaries are one 128 MB block ten times and counts the minor
+# page faults of the last eight runs: a block that is mapped afresh faults on every page. A
+# block may be freed just after the next run allocates (the release is asynchronous), so a
+# reused heap can still take a fresh block now and then, never on every run.
 _SCRIPT = """
 import resource, sys
 from gadc_jax import host
@@ -20,7 +22,7 @@ from gadc_jax.training import train_state
 f = jax.jit(lambda x: jnp.sum(jnp.tanh(x @ x) @ x),
             compiler_options=train_state.compiler_options())
 x = jnp.ones((4096, 4096), jnp.float32) / 4096
-for run in range(5):
+for run in range(10):
   if run == 2:
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   jax.block_until_ready(f(x))
@@ -29,7 +31,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 _BLOCK_PAGES = 2 * 4096 * 4096 * 4 // 4096
 
 
-def _faults_of_three_runs(mode: str) -> int:
+def _faults_of_eight_runs(mode: str) -> int:
   env = {k: v for k, v in os.environ.items() if not k.startswith(('XLA_', 'MALLOC_'))}
   result = subprocess.run([sys.executable, '-c', _SCRIPT, mode], capture_output=True,
                           text=True, check=True, env=dict(env, JAX_PLATFORMS='cpu'), cwd=REPO)
@@ -39,5 +41,5 @@ def _faults_of_three_runs(mode: str) -> int:
 @pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc allocator settings')
 def test_configured_runtime_reuses_the_temporaries():
   # The control shows the cost the settings remove, so this test can fail.
-  assert _faults_of_three_runs('default') > 2 * _BLOCK_PAGES
-  assert _faults_of_three_runs('configured') < _BLOCK_PAGES // 4
+  assert _faults_of_eight_runs('default') > 6 * _BLOCK_PAGES
+  assert _faults_of_eight_runs('configured') < 3 * _BLOCK_PAGES
