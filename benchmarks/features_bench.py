@@ -1,10 +1,12 @@
 """Feature-extraction speed: images per second of the FID InceptionV3 at 299 x 299.
 
-    python benchmarks/features_bench.py [--batch 32] [--iters 5] [--dtypes float32,bfloat16]
+    python benchmarks/features_bench.py [--batch 32] [--iters 5] [--size 299]
+        [--dtypes float32,bfloat16]
 
 Runs on whatever `jax.devices()` offers (the GPU when there is one), jitted, random weights
 (speed does not depend on them), compile time excluded: one warm-up call per dtype, then
-`--iters` timed calls. Prints a table, and as its last line one JSON object.
+`--iters` timed calls. Prints a table, and as its last line one JSON object. A --size other
+than 299 (down to 75) is only for a quick check that the benchmark runs.
 """
 
 import argparse
@@ -22,11 +24,30 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from gadc_jax.encoders import inception  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
+def random_variables(model, image: jax.Array, seed: int = 1):
+  """Random weights of `model`'s shapes, drawn by numpy: He-scaled kernels (activations keep
+  their scale through the ReLUs, far from denormals), identity BatchNorms. Compiling
+  jax.jit(model.init) instead would take most of a short run."""
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    name = getattr(path[-1], 'key', '')
+    if name in ('scale', 'var'):
+      return np.ones(leaf.shape, leaf.dtype)
+    if name in ('bias', 'mean'):
+      return np.zeros(leaf.shape, leaf.dtype)
+    fan_in = max(int(np.prod(leaf.shape[:-1])), 1)
+    return (rng.standard_normal(leaf.shape) * np.sqrt(2.0 / fan_in)).astype(leaf.dtype)
+
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(seed), image)
+  return jax.device_put(jax.tree_util.tree_map_with_path(fill, shapes))
+
+
 def images_per_second(dtype: str, batch: int, iters: int, size: int) -> dict:
   """Times `iters` jitted forward passes (features, logits, spatial) of one batch."""
   model = inception.InceptionV3FID(with_spatial=True, dtype=jnp.dtype(dtype))
   images = jax.random.uniform(jax.random.PRNGKey(0), (batch, size, size, 3), minval=-1.0)
-  variables = jax.jit(model.init)(jax.random.PRNGKey(1), images[:1])
+  variables = random_variables(model, images[:1])
   forward = jax.jit(model.apply)
   start = time.perf_counter()
   jax.block_until_ready(forward(variables, images))

@@ -1,6 +1,7 @@
 """GADC selection speed and quality on the spec's reference class.
 
     python benchmarks/select_bench.py [--repeats 2] [--budgets 10,50,100] [--batch 4]
+        [--no-exhaustive]
 
 Reference class (spec): numpy default_rng(0), features 0.27 * N(0, 1) of shape
 (1300, 2048), logits N(0, 1) * 3 over 1000 classes, every label 0, CE_i = -log p_i(0);
@@ -14,12 +15,18 @@ whatever `jax.devices()` offers. The last printed line is one JSON object.
 
 import argparse
 import json
+import os
+import sys
 import time
 
 import jax
 import numpy as np
 from scipy.special import log_softmax
 
+# Run from a checkout without installing: the repository root holds gadc_jax.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from gadc_jax import defaults
 from gadc_jax.selection import gadc
 from gadc_jax.selection import objective as obj
 from gadc_jax.selection import problem as problem_lib
@@ -60,7 +67,7 @@ def main():
   print(f'devices: {jax.devices()}')
   reference = reference_class()
   one = problem_lib.stack_problems([reference])
-  cfg = obj.default_gadc_config('resnet50')
+  cfg = defaults.gadc('resnet50')
   rows = []
 
   cfg.rounds = 0
@@ -68,7 +75,8 @@ def main():
   cfg.rounds = 30
   total_compile, total_s, out = timed(one, 10, cfg, args.repeats)
   indices = np.asarray(out.indices[0]).tolist()
-  objective = obj.objective_of(reference, indices, cfg)
+  score = obj.objective_of(reference, indices, cfg)
+  objective = score.objective
   rows.append(('reference m=10 greedy only', greedy_compile, greedy_s,
                float(greedy_out.objective[0])))
   rows.append(('reference m=10 greedy+refine', total_compile, total_s, objective))
@@ -88,7 +96,7 @@ def main():
 
   if not args.no_exhaustive:
     small = problem_lib.stack_problems([reference_class(seed=1, n=300, dim=64)])
-    small_cfg = obj.default_gadc_config('resnet50')
+    small_cfg = defaults.gadc('resnet50')
     small_cfg.epsilon_rel = 0.05
     for mode in ('fast', 'exhaustive'):
       small_cfg.mode = mode
@@ -104,7 +112,8 @@ def main():
   print(json.dumps({
       'greedy_s': round(greedy_s, 3), 'refine_s': round(max(total_s - greedy_s, 0.0), 3),
       'total_s': round(total_s, 3), 'compile_s': round(total_compile, 2),
-      'objective': round(objective, 4), 'indices': indices,
+      'objective': round(objective, 4), 'objective_converged': score.converged,
+      'indices': indices,
       'classes_per_s': round(classes_per_s, 4), 'device': str(jax.devices()[0])}))
 
 

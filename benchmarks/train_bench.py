@@ -43,20 +43,23 @@ def ours(batch: int, steps: int, model_name: str = 'DiT-S/2',
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
+  from gadc_jax import defaults  # pylint: disable=g-import-not-at-top
+  from gadc_jax import generator  # pylint: disable=g-import-not-at-top
   from gadc_jax.diffusion import gaussian  # pylint: disable=g-import-not-at-top
-  from gadc_jax.training import train  # pylint: disable=g-import-not-at-top
+  from gadc_jax.training import loss  # pylint: disable=g-import-not-at-top
   from gadc_jax.training import train_state  # pylint: disable=g-import-not-at-top
-  cfg = train.default_config()
+  cfg = defaults.train()
   cfg.model_overrides = ml_collections.ConfigDict()
   cfg.model, cfg.bfloat16 = model_name, bfloat16
-  model = train.build_model(cfg, 1000)
-  tx = train.optimizer(cfg)
+  model = generator.build_model(cfg, 1000)
+  tx = train_state.optimizer(cfg.learning_rate, cfg.weight_decay)
   mesh = train_state.make_mesh()
-  init = lambda: train.init_state(model, tx, jax.random.PRNGKey(0), (32, 32, 4))
+  init = lambda: train_state.create(
+      generator.init_params(model, jax.random.PRNGKey(0), (32, 32, 4)), tx)
   shardings = train_state.param_sharding(mesh, jax.eval_shape(init))
   state = jax.jit(init, out_shardings=shardings)()
   step = train_state.make_train_step(
-      train.make_loss_fn(model, cfg, gaussian.create_diffusion(), None), tx, cfg.ema_decay,
+      loss.make_loss_fn(model, cfg, gaussian.create_diffusion(), None), tx, cfg.ema_decay,
       mesh, shardings)
   rng = np.random.default_rng(0)
   data = {'x': rng.standard_normal((batch, 32, 32, 4)).astype(np.float32),
@@ -119,7 +122,7 @@ def theirs(batch: int, steps: int) -> float | None:
 
 
 def main():
-  parser = argparse.ArgumentParser()
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--steps', type=int, default=10)
   parser.add_argument('--batch', type=int, default=32)
   parser.add_argument('--torch', action='store_true', help='time only the PyTorch side')

@@ -1,29 +1,29 @@
 """The embedded default: the whole pipeline on scikit-learn's UCI digits, on a laptop CPU.
 
     python main.py --config=configs/digits.py --workdir=workdir/digits
+    python main.py --config=configs/digits.py:smoke=True --workdir=workdir/digits-smoke
 
 Stages: two classifiers (selection network, evaluation network), features of the train split
 in both spaces, a GADC selection of 10% of the train split scored in both spaces, a small DiT
 trained on the selection in pixel space, class-balanced samples with classifier-free guidance,
 and their FID / IS / precision / recall in the evaluation network's space.
+
+Arguments (`:name=value,...`): smoke=True runs every stage with tiny step and sample counts
+(seconds of work; its numbers mean nothing).
 """
 
 import ml_collections
 
-from gadc_jax.data import input_pipeline
-from gadc_jax.evaluation import evaluate
-from gadc_jax.evaluation import sample
-from gadc_jax.selection import select_job
-from gadc_jax.training import train
+from gadc_jax import defaults
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  del arg
+  args = defaults.parse_args(arg, smoke=False)
   config = ml_collections.ConfigDict()
   config.job = 'pipeline'
   config.stages = ('train_classifier', 'features', 'select', 'train', 'sample', 'evaluate')
 
-  config.data = input_pipeline.default_data_config()
+  config.data = defaults.data()
 
   # Networks by role. Keys other than arch and seed are the module's arguments.
   config.networks = ml_collections.ConfigDict({
@@ -31,32 +31,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       'evaluation': {'arch': 'digits_mlp', 'seed': 1, 'width': 128},
   })
 
-  config.classifier = ml_collections.ConfigDict({
-      'networks': ('selection', 'evaluation'),
-      'train_split': 'train',
-      'eval_split': 'test',
-      'steps': 600,
-      'batch_size': 128,
-      'learning_rate': 3e-3,
-      'weight_decay': 1e-4,
-      'log_every': 100,
-      'checkpoint_every': 200,
-  })
+  config.classifier = defaults.classifier()
+  config.features = defaults.features()
 
-  config.features = ml_collections.ConfigDict({
-      'networks': ('selection', 'evaluation'),
-      'splits': ('train',),
-      'batch_size': 256,
-      'shard_size': 512,
-      'probs_topk': 0,       # 0 keeps every class probability; k > 0 keeps the top k.
-  })
-
-  config.select = select_job.default_config()
+  config.select = defaults.select()
   config.select.method = 'gadc'
   config.select.budget = '10%'
 
   # A small DiT on the 8x8 pixels of the selection (16 tokens of 2x2 patches).
-  config.train = train.default_config()
+  config.train = defaults.train()
   config.train.selection = '@select'
   config.train.model = 'DiT-S/2'
   config.train.model_overrides = ml_collections.ConfigDict(
@@ -69,12 +52,26 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train.checkpoint_every = 1000
   config.train.sampler.steps = 100
 
-  config.sample = sample.default_config()
+  config.sample = defaults.sample()
   config.sample.num_samples = 1000
   config.sample.batch_size = 500
   config.sample.sampler.steps = 100
 
-  config.evaluate = evaluate.default_config()
+  config.evaluate = defaults.evaluate()
   config.evaluate.networks = ('evaluation',)
   config.evaluate.reference = 'split:train'
+
+  if args.smoke:
+    config.classifier.steps = 20
+    config.classifier.log_every = config.classifier.checkpoint_every = 10
+    config.select.gadc.rounds = 2
+    config.train.model_overrides = ml_collections.ConfigDict(
+        {'depth': 1, 'hidden': 32, 'heads': 2})
+    config.train.steps = 4
+    config.train.log_every = config.train.checkpoint_every = 2
+    config.train.grid_per_class = 2
+    config.train.sampler.steps = 4
+    config.sample.num_samples = 40
+    config.sample.batch_size = 20
+    config.sample.sampler.steps = 4
   return config

@@ -1,23 +1,35 @@
-"""Artifacts on disk: atomic writes, fingerprints, and the one error type users see.
+"""Artifacts on disk: atomic writes, fingerprints, integrity records and folder locks.
 
 Every file a job writes goes through `atomic_write_*` (temp file in the same folder, then
-`os.replace`), so a killed job never leaves a half-written artifact behind. Every artifact
-records a fingerprint of its inputs; `check_fingerprint` refuses mismatched inputs with a
-message that names the file and what differs.
+`os.replace`), so a killed job never leaves a half-written artifact behind; files get the
+permissions the umask allows, so a team can share a workdir. Every artifact records a
+fingerprint of its inputs; `check_fingerprint` refuses mismatched inputs with a ValueError
+that names the file and what differs. A finished artifact also records the size and checksum
+of each of its files (`describe_files`), and readers check them (`verify_files`) before use,
+so a truncated or swapped file is found before it is trusted. A job holds `exclusive(folder)`
+while it writes a folder, so a second run on the same folder refuses instead of racing.
 """
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import tempfile
 from typing import Any, Iterator, Mapping
 
+import jax
 import numpy as np
 
 
-class UserError(Exception):
-  """Bad input from the user: main.py prints the message on one line and exits non-zero."""
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
+# mkstemp makes files 0600 whatever the umask; artifacts get what the umask allows.
+_FILE_MODE = 0o666 & ~_umask()
 
 
 @contextlib.contextmanager
@@ -26,6 +38,7 @@ def atomic_path(path: str) -> Iterator[str]:
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp-', suffix=os.path.basename(path))
+  os.fchmod(fd, _FILE_MODE)
   os.close(fd)
   try:
     yield tmp
@@ -59,9 +72,9 @@ def read_json(path: str) -> Any:
     with open(path) as f:
       return json.load(f)
   except FileNotFoundError:
-    raise UserError(f'{path} does not exist') from None
+    raise FileNotFoundError(f'{path} does not exist') from None
   except json.JSONDecodeError as e:
-    raise UserError(f'{path} is not valid JSON ({e})') from None
+    raise ValueError(f'{path} is not valid JSON ({e})') from None
 
 
 def _json_default(obj: Any) -> Any:
@@ -80,9 +93,75 @@ def fingerprint(inputs: Mapping[str, Any]) -> str:
   return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+def file_fingerprint(path: str) -> str:
+  """Hash of a file's bytes (e.g. published weights, a reference batch), read in blocks."""
+  try:
+    with open(path, 'rb') as f:
+      return hashlib.file_digest(f, 'sha256').hexdigest()[:16]
+  except FileNotFoundError:
+    raise FileNotFoundError(f'{path} does not exist') from None
+
+
+def describe_files(folder: str, names) -> dict[str, dict[str, Any]]:
+  """{name: {'size', 'sha256'}} of files `names` of `folder`: what a finished artifact
+  records so that readers can tell its files are whole and its own."""
+  described = {}
+  for name in names:
+    path = os.path.join(folder, name)
+    described[name] = {'size': os.path.getsize(path), 'sha256': file_fingerprint(path)}
+  return described
+
+
+def damaged_files(folder: str, described: Mapping[str, Mapping[str, Any]],
+                  checksums: bool = True) -> dict[str, str]:
+  """{name: what is wrong} for the described files of `folder` that are missing, of another
+  size or (with `checksums`) of other content; empty when all are whole."""
+  damaged = {}
+  for name, expected in described.items():
+    path = os.path.join(folder, name)
+    if not os.path.isfile(path):
+      damaged[name] = 'is missing'
+    elif os.path.getsize(path) != expected['size']:
+      damaged[name] = f'has {os.path.getsize(path)} bytes, not the {expected["size"]} written'
+    elif checksums and file_fingerprint(path) != expected['sha256']:
+      damaged[name] = (f'has content {file_fingerprint(path)}, not the {expected["sha256"]} '
+                       'written (replaced or modified since)')
+  return damaged
+
+
+def verify_files(folder: str, described: Mapping[str, Mapping[str, Any]], what: str,
+                 checksums: bool = True) -> None:
+  """A ValueError naming the first damaged file of `folder` (see `damaged_files`)."""
+  damaged = damaged_files(folder, described, checksums)
+  if damaged:
+    name, problem = next(iter(damaged.items()))
+    raise ValueError(f'{what}: {os.path.join(folder, name)} {problem}; remove the folder '
+                     'or run the job that writes it again')
+
+
+@contextlib.contextmanager
+def exclusive(folder: str) -> Iterator[None]:
+  """Holds an exclusive lock on `folder` (its .lock file) for the block; a BlockingIOError
+  naming the folder when another process holds it. Process 0 alone locks: the other hosts
+  of a multi-host run write nothing that races."""
+  if jax.process_index() != 0:
+    yield
+    return
+  os.makedirs(folder, exist_ok=True)
+  with open(os.path.join(folder, '.lock'), 'a') as lock:
+    try:
+      fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      raise BlockingIOError(f'{folder} is being written by another run; wait for it to '
+                            'finish or use another --workdir') from None
+    try:
+      yield
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def array_fingerprint(tree: Any) -> str:
   """Hash of the bytes of every array leaf of a pytree (e.g. checkpoint params), in order."""
-  import jax  # local: keeps this module importable without initialising jax.
   h = hashlib.sha256()
   for leaf in jax.tree_util.tree_leaves(tree):
     a = np.asarray(leaf)
@@ -92,9 +171,9 @@ def array_fingerprint(tree: Any) -> str:
 
 
 def check_fingerprint(path: str, expected: str, found: str, what: str) -> None:
-  """Raises UserError when an artifact at `path` was made from other inputs than expected."""
+  """Raises ValueError when an artifact at `path` was made from other inputs than expected."""
   if expected != found:
-    raise UserError(
+    raise ValueError(
         f'{path}: {what} fingerprint mismatch (artifact has {found}, this run expects '
         f'{expected}); it was made from other inputs. Use a new --workdir or remove it.')
 
@@ -113,18 +192,16 @@ def finished_or_start(done_path: str, started_path: str, expected: str,
     return record
   if os.path.exists(started_path):
     check_fingerprint(started_path, expected, read_json(started_path)['fingerprint'], what)
-  else:
-    import jax  # local: keeps this module importable without initialising jax.
-    if jax.process_index() == 0:
-      atomic_write_json(started_path, {'fingerprint': expected, 'inputs': inputs})
+  elif jax.process_index() == 0:
+    atomic_write_json(started_path, {'fingerprint': expected, 'inputs': inputs})
   return None
 
 
 def ensure_writable_dir(path: str) -> None:
-  """Creates `path` if needed; a clear UserError when it cannot be written."""
+  """Creates `path` if needed; a PermissionError naming it when it cannot be written."""
   try:
     os.makedirs(path, exist_ok=True)
   except OSError as e:
-    raise UserError(f'workdir {path} cannot be created ({e.strerror})') from None
+    raise PermissionError(f'workdir {path} cannot be created ({e.strerror})') from None
   if not os.access(path, os.W_OK | os.X_OK):
-    raise UserError(f'workdir {path} is not writable')
+    raise PermissionError(f'workdir {path} is not writable')

@@ -8,7 +8,6 @@ argument of the module. Every network maps uint8 images to (features, logits[, e
 """
 
 import functools
-import hashlib
 import os
 from typing import Any
 
@@ -18,7 +17,12 @@ import ml_collections
 import numpy as np
 
 from gadc_jax import artifacts
+from gadc_jax import batching
 from gadc_jax import encoders
+from gadc_jax import layout
+from gadc_jax.data import input_pipeline
+from gadc_jax.encoders import convert
+from gadc_jax.training import checkpoints
 
 _NOT_MODULE_ARGS = ('arch', 'seed', 'checkpoint', 'input_size', 'bfloat16')
 
@@ -32,10 +36,6 @@ _PRETRAINED = {
     'dinov2_b14': (0, lambda c, p: c.dinov2_from_torch(p, 'b')),
     'dinov2_l14': (0, lambda c, p: c.dinov2_from_torch(p, 'l')),
 }
-
-
-def classifier_dir(workdir: str, name: str) -> str:
-  return os.path.join(workdir, 'classifiers', name)
 
 
 def to_unit_range(images: jnp.ndarray) -> jnp.ndarray:
@@ -72,17 +72,20 @@ def make_forward(model, variables, net_cfg: ml_collections.ConfigDict, batch_siz
   batch is padded to one size and sharded over this host's devices."""
   mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ('data',))
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
-  padded_size = -(-batch_size // mesh.size) * mesh.size
+  size = batching.round_up(batch_size, mesh.size)
   spec = input_spec(net_cfg)
 
   def forward(images: np.ndarray) -> tuple[np.ndarray, ...]:
-    b = len(images)
-    padded = np.concatenate([images, np.zeros((padded_size - b,) + images.shape[1:],
-                                              images.dtype)])
-    outputs = _forward(variables, jax.device_put(padded, sharding), model=model, spec=spec)
-    return tuple(np.asarray(o)[:b] for o in outputs)
+    outputs = batching.padded_call(
+        lambda x: _forward(variables, x, model=model, spec=spec), images, size, sharding)
+    return tuple(np.asarray(o) for o in outputs)
 
   return forward
+
+
+def init_params(model, seed: int, image_shape):
+  """A classifier's initial variables for uint8-derived inputs of shape (H, W, C)."""
+  return model.init(jax.random.PRNGKey(seed), jnp.zeros((1,) + tuple(image_shape)))
 
 
 def module_kwargs(net_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -94,41 +97,30 @@ def module_kwargs(net_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def _net_cfg(config, name: str) -> ml_collections.ConfigDict:
   if name not in config.networks:
-    raise artifacts.UserError(
+    raise ValueError(
         f'unknown network {name!r}; config.networks has: {", ".join(config.networks)}')
   return config.networks[name]
-
-
-@functools.lru_cache(maxsize=8)
-def _file_fingerprint(path: str, size: int, mtime: float) -> str:
-  del size, mtime  # part of the cache key only.
-  h = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for block in iter(lambda: f.read(1 << 20), b''):
-      h.update(block)
-  return h.hexdigest()[:16]
 
 
 def network_record(config, workdir: str, name: str) -> dict[str, Any]:
   """What later artifacts depend on: arch, head width and a fingerprint of the weights."""
   net_cfg = _net_cfg(config, name)
   if net_cfg.arch in _PRETRAINED and not net_cfg.get('checkpoint'):
-    raise artifacts.UserError(
+    raise ValueError(
         f'network {name!r} ({net_cfg.arch}) needs published weights: set '
         f'--config.networks.{name}.checkpoint to a local checkpoint file')
   if net_cfg.get('checkpoint'):
     path = os.path.expanduser(net_cfg.checkpoint)
     if net_cfg.arch not in _PRETRAINED:
-      raise artifacts.UserError(f'network {name!r}: no converter for arch {net_cfg.arch!r}; '
+      raise ValueError(f'network {name!r}: no converter for arch {net_cfg.arch!r}; '
                                 f'known: {", ".join(_PRETRAINED)}')
     if not os.path.isfile(path):
-      raise artifacts.UserError(f'network {name!r}: checkpoint {path} does not exist')
-    stat = os.stat(path)
+      raise FileNotFoundError(f'network {name!r}: checkpoint {path} does not exist')
     return {'arch': net_cfg.arch, 'num_classes': _PRETRAINED[net_cfg.arch][0],
-            'params_fingerprint': _file_fingerprint(path, stat.st_size, stat.st_mtime)}
-  record_path = os.path.join(classifier_dir(workdir, name), 'classifier.json')
+            'params_fingerprint': artifacts.file_fingerprint(path)}
+  record_path = os.path.join(layout.classifier_dir(workdir, name), 'classifier.json')
   if not os.path.exists(record_path):
-    raise artifacts.UserError(
+    raise FileNotFoundError(
         f'no trained classifier {name!r} at {record_path}; run the train_classifier job first')
   return artifacts.read_json(record_path)
 
@@ -139,8 +131,18 @@ def load_network(config, workdir: str, name: str):
   record = network_record(config, workdir, name)
   module = encoders.build(net_cfg.arch, record['num_classes'], **module_kwargs(net_cfg))
   if net_cfg.get('checkpoint'):
-    from gadc_jax.encoders import convert  # pylint: disable=g-import-not-at-top
     return module, _PRETRAINED[net_cfg.arch][1](convert, os.path.expanduser(
         net_cfg.checkpoint)), record
-  from gadc_jax import train_classifier  # pylint: disable=g-import-not-at-top
-  return module, train_classifier.restore_params(config, workdir, name, module, record), record
+  return module, _restore_trained(config, workdir, name, module, record), record
+
+
+def _restore_trained(config, workdir: str, name: str, module, record: dict):
+  """The params of network `name` trained by the train_classifier job (params alone, no
+  optimizer state), checked against its record's fingerprint."""
+  image_shape = input_pipeline.split_info(config.data, config.classifier.train_split).image_shape
+  abstract = jax.eval_shape(lambda: init_params(module, 0, image_shape))
+  folder = os.path.join(layout.classifier_dir(workdir, name), 'checkpoints')
+  params = checkpoints.Checkpointer(folder).restore_field('params', abstract, record['step'])
+  artifacts.check_fingerprint(folder, record['params_fingerprint'],
+                              artifacts.array_fingerprint(params), 'params')
+  return params

@@ -1,4 +1,4 @@
-"""What people look at: image grids (and, as the pipeline grows, tables and plots)."""
+"""What people look at rather than read: image grids (selections, samples), as PNG files."""
 
 from typing import Sequence
 

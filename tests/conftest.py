@@ -31,8 +31,9 @@ def killed_after(fn, calls: int):
   return wrapped
 
 
-def digits_config(data_dir: str):
-  config = runpy.run_path(os.path.join(REPO, 'configs', 'digits.py'))['get_config']()
+def digits_config(data_dir: str, arg: str | None = None):
+  """configs/digits.py's config (get_config(arg)) on a private TFDS dir."""
+  config = runpy.run_path(os.path.join(REPO, 'configs', 'digits.py'))['get_config'](arg)
   config.data.data_dir = data_dir
   return config
 
@@ -45,8 +46,8 @@ def tfds_dir(tmp_path_factory):
 @pytest.fixture(scope='session')
 def digits_workdir(tmp_path_factory, tfds_dir):
   """(config, workdir) after train_classifier and features of configs/digits.py."""
-  from gadc_jax import features  # pylint: disable=g-import-not-at-top
-  from gadc_jax import train_classifier  # pylint: disable=g-import-not-at-top
+  from gadc_jax.jobs import features  # pylint: disable=g-import-not-at-top
+  from gadc_jax.jobs import train_classifier  # pylint: disable=g-import-not-at-top
   config = digits_config(tfds_dir)
   workdir = str(tmp_path_factory.mktemp('digits'))
   train_classifier.run(config, workdir)

@@ -72,7 +72,7 @@ def test_empty_image_folder(tmp_path):
   assert str(tmp_path / 'images') in error_line(result)
 
 
-@pytest.mark.parametrize('arg', ['dit,10/class', 'sit,100/class'])
+@pytest.mark.parametrize('arg', ['model=dit,budget=10/class', 'model=sit,budget=100/class'])
 def test_imagenet_config_names_what_is_missing(tmp_path, arg):
   cmd = [sys.executable, 'main.py', f'--config=configs/imagenet.py:{arg}',
          f'--workdir={tmp_path / "w"}', f'--config.data.data_dir={tmp_path / "tfds"}']

@@ -9,7 +9,7 @@ order, preprocessed with ADM's centre crop to `image_size`:
     id is the path relative to root, images are read with PIL as RGB, the one split is
     'train' and its order is the sorted ids.
 
-The data config (`config.data`, see `default_data_config`) has the fields
+The data config (`config.data`, see `gadc_jax.defaults.data`) has the fields
   name:       'gadc_digits' | another TFDS name | 'folder'.
   data_dir:   TFDS data dir; '' is TFDS's default (~/tensorflow_datasets or $TFDS_DATA_DIR).
   manual_dir: folder with a manual download (imagenet2012's two tar files).
@@ -21,7 +21,7 @@ The data config (`config.data`, see `default_data_config`) has the fields
 import hashlib
 import os
 import re
-from typing import Any, Callable, Container, Iterable, Iterator, NamedTuple, Optional
+from typing import Any, Callable, Iterator, NamedTuple, Optional
 
 import jax
 import ml_collections
@@ -33,7 +33,6 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from gadc_jax.artifacts import UserError
 from gadc_jax.data import gadc_digits  # Registers the `gadc_digits` builder.
 # pylint: enable=g-import-not-at-top,g-bad-import-order
 
@@ -54,18 +53,6 @@ def _hide_gpus_from_tf() -> None:
 
 
 _hide_gpus_from_tf()
-
-
-def default_data_config() -> ml_collections.ConfigDict:
-  """The embedded default: `gadc_digits` at its native 8x8."""
-  return ml_collections.ConfigDict({
-      'name': gadc_digits.GadcDigits.name,
-      'data_dir': '',
-      'manual_dir': '',
-      'folder': '',
-      'image_size': 8,
-      'download': False,
-  })
 
 
 class SplitInfo(NamedTuple):
@@ -116,23 +103,6 @@ def host_shard(num_items: int, process_index: Optional[int] = None,
   return range(num_items * index // count, num_items * (index + 1) // count)
 
 
-def class_view(data, label: int):
-  """The examples of one class.
-
-  Args:
-    data: a dict of numpy arrays with a leading example axis and a 'label' key (e.g. from
-      `load_split_arrays`), or an unbatched `tf.data.Dataset` of such dicts.
-    label: the class index.
-
-  Returns:
-    The same kind of object holding only the examples with that label, in the same order.
-  """
-  if isinstance(data, tf.data.Dataset):
-    return data.filter(lambda ex: tf.equal(tf.cast(ex['label'], tf.int64), label))
-  keep = np.asarray(data['label']) == label
-  return {key: np.asarray(value)[keep] for key, value in data.items()}
-
-
 # ----------------------------------------------------------------------------------------
 # Sources. A source gives undecoded records {'id', 'label', 'image'} (encoded bytes for TFDS,
 # a file path for a folder) plus the function that decodes 'image' to uint8 [H, W, C].
@@ -147,7 +117,7 @@ class _Folder(NamedTuple):
 
 def _check_positive(what: str, value: Any) -> int:
   if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-    raise UserError(f'{what} must be a positive integer, got {value!r}')
+    raise ValueError(f'{what} must be a positive integer, got {value!r}')
   return value
 
 
@@ -164,13 +134,13 @@ def _open(data_cfg: ml_collections.ConfigDict):
 
 
 def _tfds_builder(data_cfg: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
-  """The builder of `data_cfg.name`, prepared (offline where possible) or a UserError."""
+  """The builder of `data_cfg.name`, prepared (offline where possible) or a ValueError."""
   name = data_cfg.name
   data_dir = os.path.expanduser(data_cfg.data_dir) if data_cfg.data_dir else None
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError:
-    raise UserError(
+    raise ValueError(
         f'unknown dataset {name!r}: not a TFDS dataset; use gadc_digits, imagenet2012, '
         f'another TFDS name, or folder (with data.folder)') from None
   if builder.is_prepared():
@@ -181,16 +151,16 @@ def _tfds_builder(data_cfg: ml_collections.ConfigDict) -> tfds.core.DatasetBuild
   if getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None):
     manual_dir = os.path.expanduser(data_cfg.manual_dir) if data_cfg.manual_dir else ''
     if not manual_dir:
-      raise UserError(
+      raise ValueError(
           f'{name} is not prepared in {where} and needs a manual download: set '
           f'--config.data.manual_dir to the folder holding its files (for imagenet2012: '
           f'ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar)')
     if not os.path.isdir(manual_dir):
-      raise UserError(f'data.manual_dir {manual_dir} does not exist or is not a folder')
+      raise FileNotFoundError(f'data.manual_dir {manual_dir} does not exist or is not a folder')
     download_config = tfds.download.DownloadConfig(
         manual_dir=manual_dir, try_download_gcs=False)
   elif name != gadc_digits.GadcDigits.name and not data_cfg.download:
-    raise UserError(
+    raise ValueError(
         f'{name} is not prepared in {where}; set --config.data.download=True to download '
         f'and prepare it, or --config.data.data_dir to where it is prepared')
   builder.download_and_prepare(download_config=download_config)
@@ -198,17 +168,17 @@ def _tfds_builder(data_cfg: ml_collections.ConfigDict) -> tfds.core.DatasetBuild
 
 
 def _list_folder(root: str) -> _Folder:
-  """Lists root/<class>/.../<image file> in sorted order, or a UserError."""
+  """Lists root/<class>/.../<image file> in sorted order, or a ValueError."""
   if not root:
-    raise UserError('data.name is folder but data.folder is empty; set --config.data.folder')
+    raise ValueError('data.name is folder but data.folder is empty; set --config.data.folder')
   root = os.path.expanduser(root)
   if not os.path.isdir(root):
-    raise UserError(f'image folder {root} does not exist or is not a folder')
+    raise FileNotFoundError(f'image folder {root} does not exist or is not a folder')
   class_names = tuple(sorted(
       entry.name for entry in os.scandir(root)
       if entry.is_dir() and not entry.name.startswith('.')))
   if not class_names:
-    raise UserError(f'image folder {root} is empty: it needs one subfolder per class')
+    raise ValueError(f'image folder {root} is empty: it needs one subfolder per class')
   ids, labels = [], []
   for label, class_name in enumerate(class_names):
     for dirpath, dirnames, filenames in os.walk(os.path.join(root, class_name)):
@@ -219,7 +189,7 @@ def _list_folder(root: str) -> _Folder:
           ids.append(f'{rel}/{filename}')
           labels.append(label)
   if not ids:
-    raise UserError(
+    raise ValueError(
         f'image folder {root} has no image files ({", ".join(IMAGE_EXTENSIONS)}) in its '
         f'class subfolders')
   order = sorted(range(len(ids)), key=ids.__getitem__)
@@ -227,23 +197,28 @@ def _list_folder(root: str) -> _Folder:
                  np.asarray(labels, np.int64)[order])
 
 
+class UnreadableImage(ValueError):
+  """An image file that cannot be decoded; named apart so that it can be found again in the
+  TF error that wraps it when it is raised inside a tf.numpy_function."""
+
+
 def _read_image(path: str) -> np.ndarray:
-  """An image file as uint8 [H, W, 3], or a UserError naming the file."""
+  """An image file as uint8 [H, W, 3], or an UnreadableImage naming the file."""
   try:
     with Image.open(path) as pil:
       return np.asarray(pil.convert('RGB'))
   except (OSError, ValueError, Image.DecompressionBombError) as e:
-    raise UserError(f'cannot read image {path}: {e}') from None
+    raise UnreadableImage(f'cannot read image {path}: {e}') from None
 
 
 def _check_split(source, split: str) -> int:
-  """The number of examples in `split`, or a UserError naming the known splits."""
+  """The number of examples in `split`, or a ValueError naming the known splits."""
   if isinstance(source, _Folder):
     splits = {FOLDER_SPLIT: len(source.ids)}
   else:
     splits = {name: info.num_examples for name, info in source.info.splits.items()}
   if split not in splits:
-    raise UserError(
+    raise ValueError(
         f'unknown split {split!r} of {_dataset_name(source)}; it has {sorted(splits)}')
   return splits[split]
 
@@ -256,18 +231,14 @@ def _check_features(builder: tfds.core.DatasetBuilder) -> None:
   features = builder.info.features
   if not isinstance(features, tfds.features.FeaturesDict) or not {
       'image', 'label'} <= set(features.keys()):
-    raise UserError(
+    raise ValueError(
         f'{builder.info.name} is not an image-classification dataset: it needs features '
         f"'image' and 'label'")
 
 
-def _records(source, split: str, start: int, end: int, shuffle_seed: Optional[int] = None
-            ) -> tuple[tf.data.Dataset, Callable[[tf.Tensor], tf.Tensor]]:
-  """Undecoded records of examples [start, end) of `split`, and the image decoder.
-
-  With `shuffle_seed` a TFDS split reads its files in a seeded random order, unless the
-  dataset is ordered (TFDS's `disable_shuffling`, e.g. gadc_digits).
-  """
+def _records(source, split: str, start: int, end: int
+             ) -> tuple[tf.data.Dataset, Callable[[tf.Tensor], tf.Tensor]]:
+  """Undecoded records of examples [start, end) of `split`, in order, and the image decoder."""
   if isinstance(source, _Folder):
     paths = [os.path.join(source.root, i) for i in source.ids[start:end]]
     ds = tf.data.Dataset.from_tensor_slices({
@@ -276,18 +247,16 @@ def _records(source, split: str, start: int, end: int, shuffle_seed: Optional[in
         'image': tf.constant(paths, tf.string),
     })
     return ds, _decode_file
-  return _tfds_records(source, f'{split}[{start}:{end}]', shuffle_seed)
+  return _tfds_records(source, f'{split}[{start}:{end}]')
 
 
-def _tfds_records(source: tfds.core.DatasetBuilder, split_spec,
-                  shuffle_seed: Optional[int] = None
+def _tfds_records(source: tfds.core.DatasetBuilder, split_spec
                   ) -> tuple[tf.data.Dataset, Callable[[tf.Tensor], tf.Tensor]]:
   """`_records` of a TFDS split spec (a string or a tfds.core.ReadInstruction)."""
   _check_features(source)
-  read_config = tfds.ReadConfig(add_tfds_id=True, shuffle_seed=shuffle_seed)
-  shuffle_files = shuffle_seed is not None and not source.info.disable_shuffling
+  read_config = tfds.ReadConfig(add_tfds_id=True)
   ds = source.as_dataset(
-      split=split_spec, shuffle_files=shuffle_files,
+      split=split_spec, shuffle_files=False,
       read_config=read_config, decoders={'image': tfds.decode.SkipDecoding()})
   features = source.info.features
   id_key = next((k for k in _ID_FEATURES if k in features), 'tfds_id')
@@ -326,11 +295,11 @@ def _numpy_batches(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
     except StopIteration:
       return
     except tf.errors.OpError as e:
-      # A UserError raised inside a tf.numpy_function reaches us wrapped in a TF error.
-      match = re.search(r'UserError: ([^\n]*)', e.message)
+      # An UnreadableImage raised inside a tf.numpy_function reaches us wrapped in a TF error.
+      match = re.search(r'UnreadableImage: ([^\n]*)', e.message)
       if match is None:
         raise
-      raise UserError(match.group(1)) from None
+      raise UnreadableImage(match.group(1)) from None
     yield {
         'id': np.asarray([i.decode() for i in batch['id']]),
         'label': batch['label'].astype(np.int32),
@@ -380,7 +349,7 @@ def iterate_batches(data_cfg: ml_collections.ConfigDict, split: str, batch_size:
   num_examples = _check_split(source, split)
   end = num_examples if end is None else end
   if not 0 <= start <= end <= num_examples:
-    raise UserError(
+    raise ValueError(
         f'example range [{start}, {end}) is outside split {split!r} of '
         f'{_dataset_name(source)} ({num_examples} examples)')
   if start == end:
@@ -401,7 +370,7 @@ def read_examples(data_cfg: ml_collections.ConfigDict, split: str,
   num_examples = _check_split(source, split)
   positions = np.asarray(positions, np.int64)
   if positions.size and not (0 <= positions.min() and positions.max() < num_examples):
-    raise UserError(f'positions outside split {split!r} of {_dataset_name(source)} '
+    raise ValueError(f'positions outside split {split!r} of {_dataset_name(source)} '
                     f'({num_examples} examples)')
   order = np.argsort(positions, kind='stable')
   if isinstance(source, _Folder):
@@ -433,87 +402,3 @@ def load_split_arrays(data_cfg: ml_collections.ConfigDict, split: str,
     return {'id': np.zeros([0], str), 'label': np.zeros([0], np.int32),
             'image': np.zeros((0, *info.image_shape), np.uint8)}
   return {key: np.concatenate([b[key] for b in batches]) for key in batches[0]}
-
-
-def train_dataset(data_cfg: ml_collections.ConfigDict, split: str, batch_size: int,
-                  seed: int, ids: Optional[Iterable[str]] = None, flip: bool = False,
-                  shuffle_buffer: int = 10_000) -> Iterator[dict[str, np.ndarray]]:
-  """Endless shuffled training batches for this host; deterministic given `seed`.
-
-  Hosts read disjoint parts: without `ids` their slices of the split (`host_shard`), with
-  `ids` their slices of the sorted selection. A selection is read from the split once and
-  kept in memory (undecoded), so its epochs do not rescan the split.
-
-  Args:
-    data_cfg: the data config.
-    split: the split to train on.
-    batch_size: the global batch size; each host yields batch_size / process_count.
-    seed: seeds the shuffles and flips.
-    ids: example ids to restrict to (a selection); every one must be in the split.
-    flip: random horizontal flips.
-    shuffle_buffer: examples in the shuffle buffer.
-
-  Yields:
-    {'id': str [b], 'label': int32 [b], 'image': uint8 [b, S, S, C]}, b the per-host batch.
-  """
-  size = _check_config(data_cfg)
-  _check_positive('batch_size', batch_size)
-  index, count = jax.process_index(), jax.process_count()
-  if batch_size % count:
-    raise UserError(f'batch_size {batch_size} is not divisible by the {count} hosts')
-  source = _open(data_cfg)
-  num_examples = _check_split(source, split)
-  if ids is None:
-    rows = host_shard(num_examples, index, count)
-    ds, decode = _records(source, split, rows.start, rows.stop, shuffle_seed=seed)
-  else:
-    ds, decode = _selected_records(source, split, ids, index, count)
-  ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
-  ds = _decode_and_crop(ds, decode, size)
-  if flip:
-    # Stateless per-position draws keep the flips a function of (seed, host, position).
-    ds = ds.enumerate().map(
-        lambda i, ex: {**ex, 'image': _maybe_flip(ex['image'], [seed, i * count + index])},
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  yield from _numpy_batches(ds.batch(batch_size // count, drop_remainder=True))
-
-
-def _maybe_flip(image: tf.Tensor, key) -> tf.Tensor:
-  do_flip = tf.random.stateless_uniform([], seed=tf.cast(tf.stack(key), tf.int64)) < 0.5
-  return tf.cond(do_flip, lambda: image[:, ::-1], lambda: image)
-
-
-def _selected_records(source, split: str, ids: Iterable[str], index: int, count: int
-                      ) -> tuple[tf.data.Dataset, Callable[[tf.Tensor], tf.Tensor]]:
-  """This host's share of the selected examples as in-memory records, in split order."""
-  selection = sorted({str(i) for i in ids})
-  if not selection:
-    raise UserError('the selection of example ids is empty')
-  if len(selection) < count:
-    raise UserError(
-        f'the selection has {len(selection)} examples, fewer than the {count} hosts')
-  shard = host_shard(len(selection), index, count)
-  mine = selection[shard.start:shard.stop]
-  if isinstance(source, _Folder):
-    position = {example_id: row for row, example_id in enumerate(source.ids)}
-    _check_found(mine, position, source, split)
-    rows = sorted(position[i] for i in mine)
-    records = {'id': np.asarray(source.ids)[rows], 'label': source.labels[rows],
-               'image': np.asarray([os.path.join(source.root, source.ids[r]) for r in rows])}
-    return tf.data.Dataset.from_tensor_slices(records), _decode_file
-  ds, decode = _records(source, split, 0, _check_split(source, split))
-  table = tf.lookup.StaticHashTable(
-      tf.lookup.KeyValueTensorInitializer(tf.constant(mine), tf.ones(len(mine), tf.int32)),
-      default_value=0)
-  kept = list(ds.filter(lambda ex: table.lookup(ex['id']) > 0).as_numpy_iterator())
-  _check_found(mine, {ex['id'].decode() for ex in kept}, source, split)
-  records = {key: np.asarray([ex[key] for ex in kept]) for key in ('id', 'label', 'image')}
-  return tf.data.Dataset.from_tensor_slices(records), decode
-
-
-def _check_found(wanted: list[str], present: Container[str], source, split: str) -> None:
-  missing = [i for i in wanted if i not in present]
-  if missing:
-    raise UserError(
-        f'{len(missing)} selected ids are not in split {split!r} of '
-        f'{_dataset_name(source)}, e.g. {missing[:3]}')

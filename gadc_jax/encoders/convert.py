@@ -5,7 +5,7 @@ variables the module expects (shapes from `jax.eval_shape`, nothing computed) an
 finds the PyTorch tensor of the corresponding name, checks its shape and lays it out the Flax
 way (conv [O, I, kh, kw] -> [kh, kw, I, O], linear [O, I] -> [I, O]). Tensors the module does
 not use (torchvision's AuxLogits, BatchNorm's num_batches_tracked, DINOv2's mask_token) are
-ignored; anything missing or misshaped is a UserError naming the tensors.
+ignored; anything missing or misshaped is a ValueError naming the tensors.
 
     variables = inception_from_torch('pt_inception-2015-12-05-6726825d.pth', 'fid')
     features, logits = InceptionV3FID().apply(variables, images)
@@ -23,7 +23,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from gadc_jax.artifacts import UserError
 from gadc_jax.encoders import dinov2
 from gadc_jax.encoders import inception
 from gadc_jax.encoders import resnet
@@ -59,24 +58,24 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
       return {k: np.asarray(v, np.float32) for k, v in load_file(path).items()}
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise UserError(f'reading {path} needs {e.name} installed (pip install {e.name})') from None
+    raise ValueError(f'reading {path} needs {e.name} installed (pip install {e.name})') from None
   except FileNotFoundError:
-    raise UserError(f'{path} does not exist') from None
+    raise FileNotFoundError(f'{path} does not exist') from None
   except Exception as e:  # pylint: disable=broad-except
-    raise UserError(f'{path} is not a readable safetensors file ({_short(e)})') from None
+    raise ValueError(f'{path} is not a readable safetensors file ({_short(e)})') from None
   try:
     obj = torch.load(path, map_location='cpu', weights_only=True)
   except FileNotFoundError:
-    raise UserError(f'{path} does not exist') from None
+    raise FileNotFoundError(f'{path} does not exist') from None
   except Exception as e:  # pylint: disable=broad-except
     # Truncated zip archives, non-pickles and pickles of arbitrary objects all land here.
-    raise UserError(f'{path} is not a readable PyTorch checkpoint, or it is truncated '
+    raise ValueError(f'{path} is not a readable PyTorch checkpoint, or it is truncated '
                     f'({_short(e)})') from None
   for wrapper in ('state_dict', 'model'):
     if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
       obj = obj[wrapper]
   if not isinstance(obj, dict) or not any(torch.is_tensor(v) for v in obj.values()):
-    raise UserError(f'{path} holds a {type(obj).__name__} without tensors, not a state dict')
+    raise ValueError(f'{path} holds a {type(obj).__name__} without tensors, not a state dict')
   return {k: v.detach().to(torch.float32).numpy() for k, v in obj.items()
           if torch.is_tensor(v) and v.is_floating_point()}
 
@@ -93,7 +92,7 @@ def inception_from_torch(state_dict: Source, variant: str = 'fid',
     num_classes: width of `fc`; default 1008 for 'fid', 1000 for 'torchvision'.
   """
   if variant not in ('fid', 'torchvision'):
-    raise UserError(f"Inception variant must be 'fid' or 'torchvision', not {variant!r}")
+    raise ValueError(f"Inception variant must be 'fid' or 'torchvision', not {variant!r}")
   if num_classes is None:
     num_classes = 1008 if variant == 'fid' else 1000
   model = inception.InceptionV3(num_classes=num_classes, variant=variant)
@@ -105,7 +104,7 @@ def resnet_from_torch(state_dict: Source, depth: int, num_classes: int = 1000) -
   """Flax variables {'params', 'batch_stats'} for `resnet.ResNet(depth)` from torchvision's
   resnet34 / resnet50 weights (a dict of arrays or a file path)."""
   if depth not in (34, 50):
-    raise UserError(f'ResNet depth must be 34 or 50, not {depth}')
+    raise ValueError(f'ResNet depth must be 34 or 50, not {depth}')
   # layer1_0 -> layer1.0, downsample_1 -> downsample.1 (torch's Sequential indices).
   rename = functools.partial(re.sub, r'(layer\d|downsample)_(\d+)', r'\1.\2')
   return _convert(*_read(state_dict), resnet.ResNet(depth=depth, num_classes=num_classes),
@@ -125,7 +124,7 @@ def dinov2_from_torch(state_dict: Source, size: str, image_size: int = 518) -> d
       published weights: 37 x 37 patches + CLS = 1370 positions).
   """
   if size not in dinov2.SIZES:
-    raise UserError(f'DINOv2 size must be one of {sorted(dinov2.SIZES)}, not {size!r}')
+    raise ValueError(f'DINOv2 size must be one of {sorted(dinov2.SIZES)}, not {size!r}')
   rules = ((r'^patch_embeddings\.', 'embeddings.patch_embeddings.projection.'),
            (r'^(cls_token|position_embeddings)$', r'embeddings.\1'),
            (r'^layer_(\d+)\.', r'encoder.layer.\1.'),
@@ -156,7 +155,7 @@ def _read(source: Source) -> tuple[StateDict, str]:
   if isinstance(source, str):
     return load_state_dict(source), source
   if not isinstance(source, Mapping):
-    raise UserError(f'expected a state dict (name -> tensor) or a file path, got a '
+    raise ValueError(f'expected a state dict (name -> tensor) or a file path, got a '
                     f'{type(source).__name__}')
   return source, 'the state dict'
 
@@ -197,12 +196,12 @@ def _convert(state_dict: StateDict, origin: str, model, input_shape: tuple[int, 
     value = value.transpose(layout) if layout else value
     flat[(collection, *modules, name)] = value.astype(np.float32, copy=False)
   if missing:
-    raise UserError(
+    raise ValueError(
         f'{origin} lacks {len(missing)} of the {len(expected)} tensors {what} needs, e.g. '
         f'{", ".join(missing[:4])}; it has e.g. {", ".join(list(state_dict)[:4]) or "nothing"}. '
         f'Is it a checkpoint of another network, or truncated?')
   if misshaped:
-    raise UserError(f'{origin} has {len(misshaped)} tensors of the wrong shape for {what}: '
+    raise ValueError(f'{origin} has {len(misshaped)} tensors of the wrong shape for {what}: '
                     + '; '.join(misshaped[:4]))
   return traverse_util.unflatten_dict(flat)
 

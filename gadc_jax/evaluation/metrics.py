@@ -24,6 +24,8 @@ import numpy as np
 import scipy.linalg
 import scipy.special
 
+from gadc_jax import distances
+
 
 def _check_features(name: str, features: Any, min_samples: int) -> np.ndarray:
   """`features` as a 2-D array [N, D]; a ValueError naming `name` when it cannot be used."""
@@ -223,12 +225,6 @@ def inception_score(logits: Any, splits: int = 10) -> tuple[float, float]:
 # Improved precision and recall.
 
 
-def _squared_distances(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
-  """[R, D], [C, D] -> [R, C] squared Euclidean distances (as ADM: clamped at 0)."""
-  dot = jnp.matmul(a, b.T, precision=jax.lax.Precision.HIGHEST)
-  return jnp.maximum(jnp.sum(a * a, 1)[:, None] - 2.0 * dot + jnp.sum(b * b, 1)[None, :], 0.0)
-
-
 def _pad_blocks(x: np.ndarray, block: int) -> tuple[jnp.ndarray, jnp.ndarray]:
   """x [N, D] -> (blocks [N_pad / block, block, D] float32, valid [N_pad / block, block])."""
   pad = -len(x) % block
@@ -255,7 +251,7 @@ def _knn_radii(blocks: jnp.ndarray, valid: jnp.ndarray, *, k: int) -> jnp.ndarra
   def row_block(rows):
     def column_block(smallest, cols):
       points, mask = cols
-      d = jnp.where(mask[None, :], _squared_distances(rows, points), jnp.inf)
+      d = jnp.where(mask[None, :], distances.pairwise_sq_dists(rows, points), jnp.inf)
       neg_top, _ = jax.lax.top_k(-jnp.concatenate([smallest, d], axis=1), k + 1)
       return -neg_top, None
     init = jnp.full((rows.shape[0], k + 1), jnp.inf, jnp.float32)
@@ -281,7 +277,7 @@ def _manifold_membership(real: jnp.ndarray, real_radii: jnp.ndarray, fake: jnp.n
   def fake_block(real_in, fakes):
     points, radii = fakes
     def real_block(fake_in, reals):
-      d = _squared_distances(points, reals[0])                 # [block_f, block_r]
+      d = distances.pairwise_sq_dists(points, reals[0])                 # [block_f, block_r]
       fake_in = fake_in | jnp.any(d <= reals[1][None, :], axis=1)
       return fake_in, jnp.any(d <= radii[:, None], axis=0)
     init = jnp.zeros(points.shape[0], bool)

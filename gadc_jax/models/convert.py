@@ -4,7 +4,7 @@ A state_dict is a dict of name -> numpy array (`load_torch_state_dict` makes one
 Each converter renames the tensors, transposes linear and convolution weights to Flax's
 layouts ([in, out] and [kh, kw, in, out]), and checks the result against the parameter shapes
 of the target model, so a missing tensor, a leftover one, or a checkpoint of another model size
-is a UserError that names the tensors.
+is a ValueError that names the tensors.
 """
 
 import os
@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gadc_jax.artifacts import UserError
 from gadc_jax.models import dit as dit_lib
 from gadc_jax.models import vae as vae_lib
 
@@ -31,36 +30,36 @@ def load_torch_state_dict(path: str, key: Optional[str] = None) -> Dict[str, np.
   needs `key` to pick one (e.g. 'ema').
   """
   if not os.path.isfile(path):
-    raise UserError(f'checkpoint {path} does not exist')
+    raise FileNotFoundError(f'checkpoint {path} does not exist')
   if path.endswith('.safetensors'):
     try:
       from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
     except ImportError:
-      raise UserError('reading .safetensors needs the safetensors package '
+      raise ValueError('reading .safetensors needs the safetensors package '
                       '(pip install safetensors)') from None
     try:
       return {k: v.astype(np.float32) for k, v in load_file(path).items()}
     except Exception as e:  # pylint: disable=broad-except
-      raise UserError(f'{path} is not a safetensors checkpoint ({e})') from None
+      raise ValueError(f'{path} is not a safetensors checkpoint ({e})') from None
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError:
-    raise UserError('converting a PyTorch checkpoint needs torch (pip install torch); '
+    raise ValueError('converting a PyTorch checkpoint needs torch (pip install torch); '
                     'it is only needed for the conversion') from None
   try:
     obj = torch.load(path, map_location='cpu', weights_only=True)
   except Exception as e:  # pylint: disable=broad-except
-    raise UserError(f'{path} is not a PyTorch checkpoint ({type(e).__name__}: {e})') from None
+    raise ValueError(f'{path} is not a PyTorch checkpoint ({type(e).__name__}: {e})') from None
   if key is not None:
     if not isinstance(obj, Mapping) or key not in obj:
       keys = list(obj) if isinstance(obj, Mapping) else []
-      raise UserError(f'{path} has no entry {key!r} (entries: {keys[:10]})')
+      raise ValueError(f'{path} has no entry {key!r} (entries: {keys[:10]})')
     obj = obj[key]
   if not isinstance(obj, Mapping) or not obj:
-    raise UserError(f'{path} does not hold a state_dict (found {type(obj).__name__})')
+    raise ValueError(f'{path} does not hold a state_dict (found {type(obj).__name__})')
   if not all(isinstance(v, torch.Tensor) for v in obj.values()):
     nested = [k for k, v in obj.items() if isinstance(v, Mapping)]
-    raise UserError(f'{path} is a training checkpoint, not a state_dict: pass key= one of '
+    raise ValueError(f'{path} is a training checkpoint, not a state_dict: pass key= one of '
                     f'{nested}')
   return {k: v.detach().float().cpu().numpy() for k, v in obj.items()}
 
@@ -122,7 +121,7 @@ def dit_from_diffusers(state_dict: StateDict, model: dit_lib.DiT, in_channels: i
       if rest not in first:
         first[rest] = (name, array)
       elif not np.array_equal(first[rest][1], array):
-        raise UserError(f'{name} differs from {first[rest][0]}: this DiT shares one '
+        raise ValueError(f'{name} differs from {first[rest][0]}: this DiT shares one '
                         'timestep/class embedder across blocks')
       continue
     if m := qkv.match(name):
@@ -141,7 +140,7 @@ def dit_from_diffusers(state_dict: StateDict, model: dit_lib.DiT, in_channels: i
     missing = [f'transformer_blocks.{block}.attn1.to_{p}.{kind}' for p in 'qkv'
                if p not in qkv_parts]
     if missing:
-      raise UserError(f'DiT checkpoint lacks {", ".join(missing)}')
+      raise ValueError(f'DiT checkpoint lacks {", ".join(missing)}')
     # The fused projection stacks q, k, v along the output axis, as the original release does.
     fused = np.concatenate([qkv_parts[p][1] for p in 'qkv'], axis=0)
     _put(flat, qkv_parts['q'][0], f'blocks_{block}.attn.qkv.{kind}', fused)
@@ -185,25 +184,25 @@ def _put(flat: _Flat, name: str, target: str, array: np.ndarray) -> None:
 
 
 def _check(flat: _Flat, shapes: Any, what: str):
-  """Builds {'params': tree} from `flat`, or a UserError naming what does not fit."""
+  """Builds {'params': tree} from `flat`, or a ValueError naming what does not fit."""
   expected = flax.traverse_util.flatten_dict(flax.core.unfreeze(shapes))
   if not flat:
-    raise UserError(f'the checkpoint holds no tensors; it is not a {what} checkpoint')
+    raise ValueError(f'the checkpoint holds no tensors; it is not a {what} checkpoint')
   # Shapes first: a checkpoint of another size usually also has other blocks, and the
   # shapes say more about what it is.
   for path, (name, array) in flat.items():
     if path in expected and array.shape != expected[path].shape:
-      raise UserError(
+      raise ValueError(
           f'{what} checkpoint tensor {name} has shape {_torch_layout(path, array.shape)}, '
           f'the model expects {_torch_layout(path, expected[path].shape)}; the checkpoint '
           'is of another model size or configuration')
   missing = ['.'.join(p) for p in expected if p not in flat]
   if missing:
-    raise UserError(f'{what} checkpoint lacks {len(missing)} of {len(expected)} parameters '
+    raise ValueError(f'{what} checkpoint lacks {len(missing)} of {len(expected)} parameters '
                     f'(e.g. {", ".join(missing[:5])}); is it a checkpoint of this model?')
   unexpected = sorted(name for p, (name, _) in flat.items() if p not in expected)
   if unexpected:
-    raise UserError(f'{what} checkpoint has {len(unexpected)} tensors this model lacks '
+    raise ValueError(f'{what} checkpoint has {len(unexpected)} tensors this model lacks '
                     f'(e.g. {", ".join(unexpected[:5])}); is it another model?')
   params = {path: jnp.asarray(flat[path][1]) for path in expected}
   return {'params': flax.traverse_util.unflatten_dict(params)}

@@ -24,7 +24,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gadc_jax.artifacts import UserError
 
 # The published sizes: (depth, hidden width, patch, heads). SiT reuses DiT's backbones.
 _SIZES = {'S': (12, 384, 6), 'B': (12, 768, 12), 'L': (24, 1024, 16), 'XL': (28, 1152, 16)}
@@ -47,7 +46,7 @@ def make_dit(name: str, **kwargs) -> 'DiT':
   ignores the second half; pass learn_sigma=True to load such a checkpoint.
   """
   if name not in DIT_CONFIGS:
-    raise UserError(f'unknown model {name!r}; known: {", ".join(DIT_CONFIGS)}')
+    raise ValueError(f'unknown model {name!r}; known: {", ".join(DIT_CONFIGS)}')
   kwargs.setdefault('learn_sigma', name.startswith('DiT'))
   return DiT(**{**DIT_CONFIGS[name], **kwargs})
 
@@ -89,7 +88,7 @@ def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int) -> np.ndarray:
   [sin, cos] over dim/4 frequencies, as in the DiT release (whose meshgrid puts w first).
   """
   if dim % 4:
-    raise UserError(f'DiT hidden width {dim} must be divisible by 4 for 2-D sin-cos positions')
+    raise ValueError(f'DiT hidden width {dim} must be divisible by 4 for 2-D sin-cos positions')
   omega = 1.0 / 10000 ** (np.arange(dim // 4, dtype=np.float64) / (dim // 4))
   rows, cols = np.meshgrid(np.arange(grid_h), np.arange(grid_w), indexing='ij')
 
@@ -258,9 +257,9 @@ class DiT(nn.Module):
     b, height, width, channels = x.shape
     p = self.patch
     if height % p or width % p:
-      raise UserError(f'image size {height}x{width} is not divisible by the DiT patch size {p}')
+      raise ValueError(f'image size {height}x{width} is not divisible by the DiT patch size {p}')
     if self.repa_depth > self.depth:
-      raise UserError(f'repa_depth {self.repa_depth} exceeds the model depth {self.depth}')
+      raise ValueError(f'repa_depth {self.repa_depth} exceeds the model depth {self.depth}')
     gh, gw = height // p, width // p
     c_out = 2 * channels if self.learn_sigma else channels
 
@@ -305,9 +304,9 @@ class DiT(nn.Module):
     """Attach's text branch: table [K, T, E] and labels y [B] -> [B, hidden]."""
     expected = (self.num_classes, self.text_tokens, self.text_dim)
     if text_table is None:
-      raise UserError(f'this DiT uses class text embeddings: pass text_table {expected}')
+      raise ValueError(f'this DiT uses class text embeddings: pass text_table {expected}')
     if tuple(text_table.shape) != expected:
-      raise UserError(f'text embeddings have shape {tuple(text_table.shape)}, the model '
+      raise ValueError(f'text embeddings have shape {tuple(text_table.shape)}, the model '
                       f'expects {expected} (classes, tokens, width)')
     tokens = jnp.asarray(text_table)[y].astype(self.dtype).transpose(0, 2, 1)  # [B, E, T]
     mixed = nn.Conv(1, (1,), dtype=self.dtype, name='text_conv')(tokens)[..., 0]  # [B, E]

@@ -181,3 +181,15 @@ class AutoencoderKL(nn.Module):
 def sample_latents(key: jax.Array, mean: jnp.ndarray, logvar: jnp.ndarray) -> jnp.ndarray:
   """A draw from the posterior N(mean, exp(logvar)), same shape as mean."""
   return mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape, mean.dtype)
+
+
+def latent_shape(image_shape, channels: Sequence[int] = (128, 256, 512, 512),
+                 latent_channels: int = 4) -> tuple[int, int, int]:
+  """(h, w, c) of the latents of images (H, W, C): the VAE of block widths `channels`
+  downsamples by f = 2^(len(channels) - 1) (8 for SD-VAE) into `latent_channels` channels."""
+  f = 2 ** (len(channels) - 1)
+  height, width = image_shape[0], image_shape[1]
+  if height % f or width % f:
+    raise ValueError(f'images of {height}x{width} do not divide into the VAE\'s {f}x{f} '
+                     'latent cells')
+  return height // f, width // f, latent_channels

@@ -5,10 +5,11 @@ Every method has the batched interface of all selection methods,
     select_<name>(problems, m, cfg, keys) -> SelectionOutput
 
 with `problems` a `ClassProblem` with a leading batch axis B (padded), `m` images per class,
-`cfg` the method's ConfigDict (`default_<name>_config()`) and `keys` [B] PRNG keys, one per
+`cfg` the method's ConfigDict (`gadc_jax.defaults.method(name)`) and `keys` [B] PRNG keys, one per
 class (the job derives them as fold_in(seed_key, class_id), so results do not depend on how
 classes are batched). Only candidates are selected; padding rows change nothing. The
 objective is NaN: the select job scores every subset with the GADC objective separately.
+None of them solves partial OT, so the count of unconverged solves is 0.
 
 Random, herding and k-center are array programs (jit + vmap over classes). CCS, DQ and D2C
 have data-dependent control flow and run per class in NumPy; the random ones draw from a
@@ -21,7 +22,6 @@ from typing import Callable
 import jax
 from jax import lax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from gadc_jax.selection.output import SelectionOutput
@@ -46,9 +46,12 @@ def _check_batch(problems: ClassProblem, m: int) -> None:
 
 
 def _output(indices) -> SelectionOutput:
+  """SelectionOutput of picks [B, m]: no objective (NaN) and no OT solves (0 unconverged)."""
   indices = np.asarray(indices, np.int32)
+  batch = indices.shape[0]
   return SelectionOutput(indices=indices,
-                         objective=np.full(indices.shape[0], np.nan, np.float32))
+                         objective=np.full(batch, np.nan, np.float32),
+                         unconverged=np.zeros(batch, np.int32))
 
 
 # ---------------------------------------------------------------------------------------
@@ -115,19 +118,11 @@ def _features_batch(features, mask, candidate, one, m):
       jnp.asarray(features, jnp.float32), mask, candidate)
 
 
-def default_random_config() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict()
-
-
 def select_random(problems: ClassProblem, m: int, cfg, keys) -> SelectionOutput:
   """Uniform without replacement among each class's candidates, from the class's key."""
   del cfg  # No options.
   _check_batch(problems, m)
   return _output(_random_batch(keys, jnp.asarray(problems.candidate), m))
-
-
-def default_herding_config() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict()
 
 
 def select_herding(problems: ClassProblem, m: int, cfg, keys) -> SelectionOutput:
@@ -140,10 +135,6 @@ def select_herding(problems: ClassProblem, m: int, cfg, keys) -> SelectionOutput
   _check_batch(problems, m)
   return _output(_features_batch(problems.features, problems.mask, problems.candidate,
                                  _herding_one, m))
-
-
-def default_kcenter_config() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict()
 
 
 def select_kcenter(problems: ClassProblem, m: int, cfg, keys) -> SelectionOutput:
@@ -185,10 +176,6 @@ def _per_class(problems: ClassProblem, m: int, keys,
 def _even_split(total: int, parts: int) -> np.ndarray:
   """Sizes [parts] summing to total, as equal as possible, the larger ones first."""
   return total // parts + (np.arange(parts) < total % parts)
-
-
-def default_ccs_config() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(beta=0.1, num_strata=50))
 
 
 def ccs_budgets(strata_sizes: np.ndarray, m: int) -> np.ndarray:
@@ -259,10 +246,6 @@ def select_ccs(problems: ClassProblem, m: int, cfg, keys) -> SelectionOutput:
   return _per_class(problems, m, keys, one)
 
 
-def default_dq_config() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(num_bins=10))
-
-
 def dq_bins(features: np.ndarray, num_bins: int) -> list[np.ndarray]:
   """Dataset quantization's bins (Zhou et al., ICCV 2023, Eq. 2-3) for one class.
 
@@ -318,10 +301,6 @@ def select_dq(problems: ClassProblem, m: int, cfg, keys) -> SelectionOutput:
                                 for bin_, q in zip(bins, quotas)])]
 
   return _per_class(problems, m, keys, one)
-
-
-def default_d2c_config() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(interval=4, mode='nearest', target=0.40))
 
 
 def d2c_rank_key(scores: np.ndarray, mode: str, target: float) -> np.ndarray:

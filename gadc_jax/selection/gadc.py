@@ -6,7 +6,7 @@ over the "classes" axis of a device mesh.
 
 Two modes (config `mode`):
 - 'exhaustive' is the spec's definition: every candidate of a greedy step and every swap
-  (i in S, c not in S) of a round is scored with a converged, cold-started solve.
+  (i in S, c not in S) of a round is scored with a cold-started solve.
 - 'fast' (default) screens and re-solves only a short list. Given the current solution's
   potentials, the row potential of a candidate c is a soft c-transform of the column
   potentials g (one log-sum-exp over n per candidate) and its row of the plan a softmax, so
@@ -22,6 +22,12 @@ Two modes (config `mode`):
 
 Ties break to the lowest index: the lowest candidate in a greedy step, the lowest
 (slot of i in S, c) pair in a round. Padding rows are never candidates and carry no mass.
+
+Every exact solve runs to sinkhorn_threshold or stops at sinkhorn_max_iterations. The
+search counts the solves that stopped at the cap among those whose result it uses (valid
+candidates and swaps; the solves that static shapes force on padding, excluded or selected
+rows are discarded and not counted, so the count does not depend on padding), and `select`
+reports the count per class.
 """
 
 import functools
@@ -29,9 +35,9 @@ from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
+from gadc_jax import batching
 from gadc_jax.selection import objective as obj
 from gadc_jax.selection.output import SelectionOutput
 from gadc_jax.selection.problem import ClassProblem
@@ -42,11 +48,13 @@ _EXHAUSTIVE_BATCH = 64
 
 class _State(NamedTuple):
   """A subset being built: idx [m] int32 with active slots row_mask [m], in_set [n] bool,
-  and its exact evaluation (potentials and plan for warm starts and screening)."""
+  its exact evaluation (potentials and plan for warm starts and screening), and
+  unconverged [] int32, the search's exact solves so far that stopped at the cap."""
   idx: jax.Array
   row_mask: jax.Array
   in_set: jax.Array
   ev: obj.Evaluation
+  unconverged: jax.Array
 
 
 def _argmin_lowest(values: jax.Array, keys: jax.Array) -> jax.Array:
@@ -55,9 +63,22 @@ def _argmin_lowest(values: jax.Array, keys: jax.Array) -> jax.Array:
   return jnp.argmin(jnp.where(values == best, keys, jnp.iinfo(jnp.int32).max))
 
 
-def _state(stats, idx, row_mask, params, init=None) -> _State:
+def _capped(converged: jax.Array, used: jax.Array) -> jax.Array:
+  """[] int32: how many of the solves that used [K] marks stopped at the cap (converged [K])."""
+  return jnp.sum(used & ~converged, dtype=jnp.int32)
+
+
+def _state(stats, idx, row_mask, params, unconverged) -> _State:
+  """The subset's state from a cold exact solve, added to the `unconverged` [] count."""
   in_set = _membership(idx, row_mask, stats.mask.shape[0])
-  return _State(idx, row_mask, in_set, obj.evaluate(stats, idx, row_mask, params, init))
+  ev = obj.evaluate(stats, idx, row_mask, params)
+  return _State(idx, row_mask, in_set, ev, unconverged + _capped(ev.converged, True))
+
+
+def _scored(stats, idx, row_mask, params):
+  """(J [], converged [] bool) of a cold exact solve: what a scan over candidates keeps."""
+  ev = obj.evaluate(stats, idx, row_mask, params)
+  return ev.objective, ev.converged
 
 
 def _take(tree, j):
@@ -73,11 +94,12 @@ def _first_pick(stats: obj.ClassStats, m: int, params: obj.GadcParams) -> _State
   n = stats.mask.shape[0]
   one = jnp.ones((1,), bool)
   # One-row problems are small enough to solve for all n candidates in a single batch.
-  scores = jax.vmap(lambda c: obj.evaluate(stats, c[None], one, params).objective)(
+  scores, converged = jax.vmap(lambda c: _scored(stats, c[None], one, params))(
       jnp.arange(n))
   c = jnp.argmin(jnp.where(stats.candidate, scores, jnp.inf)).astype(jnp.int32)
   idx = jnp.zeros((m,), jnp.int32).at[0].set(c)
-  return _state(stats, idx, jnp.arange(m) == 0, params)
+  return _state(stats, idx, jnp.arange(m) == 0, params,
+                _capped(converged, stats.candidate))
 
 
 def _soft_rows(stats: obj.ClassStats, g: jax.Array):
@@ -111,19 +133,23 @@ def _solve_shortlist(stats, state, params, estimates, pairs_idx, pairs_mask, pai
 
   estimates [P]: screening scores (inf where invalid); pairs_idx(p) / pair_init(p) give the
   subset and warm start of entry p; keys [P] order ties; offsets [P] (optional) are added
-  to the exact J to form the score (see `_greedy_offsets`).
+  to the exact J to form the score (see `_greedy_offsets`). The state's count adds the
+  valid shortlisted solves that stopped at the cap.
   """
   k = min(params.shortlist, estimates.shape[0])
   _, top = jax.lax.top_k(-estimates, k)
   evs = jax.vmap(lambda p: obj.evaluate(stats, pairs_idx(p), pairs_mask, params,
                                          pair_init(p)))(top)
   values = evs.objective if offsets is None else evs.objective + offsets[top]
-  values = jnp.where(jnp.isfinite(estimates[top]), values, jnp.inf)
+  # A short list longer than the valid entries also solves invalid ones; they never count.
+  valid = jnp.isfinite(estimates[top])
+  values = jnp.where(valid, values, jnp.inf)
   j = _argmin_lowest(values, keys[top])
   p = top[j]
   idx = pairs_idx(p)
   in_set = _membership(idx, pairs_mask, state.in_set.shape[0])
-  return values[j], _State(idx, pairs_mask, in_set, _take(evs, j))
+  unconverged = state.unconverged + _capped(evs.converged, valid)
+  return values[j], _State(idx, pairs_mask, in_set, _take(evs, j), unconverged)
 
 
 def _greedy_offsets(stats, state: _State, k, own_ce, params) -> jax.Array:
@@ -164,14 +190,16 @@ def _fast_add(stats, state: _State, k, own_ce, params) -> _State:
 
 
 def _exhaustive_add(stats, state: _State, k, own_ce, params) -> _State:
-  """Greedy step filling slot k: every candidate scored with a cold converged solve."""
+  """Greedy step filling slot k: every candidate scored with a cold exact solve."""
   row_mask = state.row_mask.at[k].set(True)
-  scores = _score_all(
-      lambda c: obj.evaluate(stats, state.idx.at[k].set(c), row_mask, params).objective,
+  valid = stats.candidate & ~state.in_set
+  scores, converged = _score_all(
+      lambda c: _scored(stats, state.idx.at[k].set(c), row_mask, params),
       jnp.arange(stats.mask.shape[0]))
   scores += _greedy_offsets(stats, state, k, own_ce, params)
-  c = jnp.argmin(jnp.where(stats.candidate & ~state.in_set, scores, jnp.inf))
-  return _state(stats, state.idx.at[k].set(c.astype(jnp.int32)), row_mask, params)
+  c = jnp.argmin(jnp.where(valid, scores, jnp.inf))
+  return _state(stats, state.idx.at[k].set(c.astype(jnp.int32)), row_mask, params,
+                state.unconverged + _capped(converged, valid))
 
 
 def _swapped(idx: jax.Array, n: int, p) -> jax.Array:
@@ -222,19 +250,22 @@ def _exhaustive_round(stats, state: _State, params):
   """Best swap over every (slot i, candidate c), each solved cold: (its J, its state)."""
   m = state.idx.shape[0]
   n = stats.mask.shape[0]
-  valid = stats.candidate & ~state.in_set
+  valid = jnp.tile(stats.candidate & ~state.in_set, m)
 
-  scores = _score_all(
-      lambda p: obj.evaluate(stats, _swapped(state.idx, n, p), state.row_mask,
-                             params).objective,
+  scores, converged = _score_all(
+      lambda p: _scored(stats, _swapped(state.idx, n, p), state.row_mask, params),
       jnp.arange(m * n))
-  scores = jnp.where(jnp.tile(valid, m), scores, jnp.inf)
+  scores = jnp.where(valid, scores, jnp.inf)
   p = jnp.argmin(scores)
-  return scores[p], _state(stats, _swapped(state.idx, n, p), state.row_mask, params)
+  return scores[p], _state(stats, _swapped(state.idx, n, p), state.row_mask, params,
+                           state.unconverged + _capped(converged, valid))
 
 
 def _refine(stats, state: _State, params) -> _State:
-  """Swap rounds until no swap lowers J by more than min_improvement, or `rounds` ran."""
+  """Swap rounds until no swap lowers J by more than min_improvement, or `rounds` ran.
+
+  The count of solves that stopped at the cap includes every round's, swap taken or not.
+  """
   search = _fast_round if params.mode == 'fast' else _exhaustive_round
 
   def cond(carry):
@@ -246,18 +277,23 @@ def _refine(stats, state: _State, params) -> _State:
     value, candidate = search(stats, current, params)
     improved = value < current.ev.objective - params.min_improvement
     current = jax.tree.map(lambda a, b: jnp.where(improved, a, b), candidate, current)
-    return rounds + 1, current, improved
+    # The round's solves ran whether or not its swap is taken.
+    return rounds + 1, current._replace(unconverged=candidate.unconverged), improved
 
   return jax.lax.while_loop(cond, body, (0, state, jnp.asarray(True)))[1]
 
 
 def select_one(problem: ClassProblem, m: int, params: obj.GadcParams):
-  """GADC selection for one unbatched padded class: (indices [m] int32, J [] float32).
+  """GADC selection for one unbatched padded class.
 
   The class needs at least m candidates (`problem.with_min_candidates` ensures it).
   Exhaustive mode runs the spec's greedy; fast mode also the release's greedy (own CE,
   see `_greedy_offsets`), both starts batched, refined, and the lower J kept (ties: the
   spec's). The first pick is the same for both.
+
+  Returns:
+    indices [m] int32, J [] float32 of the kept start, and unconverged [] int32: the
+    exact solves of the whole search (first pick, both starts) that stopped at the cap.
   """
   stats = obj.class_stats(problem, params)
   add = _fast_add if params.mode == 'fast' else _exhaustive_add
@@ -266,16 +302,20 @@ def select_one(problem: ClassProblem, m: int, params: obj.GadcParams):
   def from_start(state, start_own_ce):
     state, _ = jax.lax.scan(lambda s, k: (add(stats, s, k, start_own_ce, params), None),
                             state, jnp.arange(1, m))
-    idx = jnp.sort(_refine(stats, state, params).idx)
-    # Report the cold-started converged J so that every method is scored the same way.
-    return idx, obj.evaluate(stats, idx, jnp.ones((m,), bool), params).objective
+    state = _refine(stats, state, params)
+    idx = jnp.sort(state.idx)
+    # Report the cold-started J so that every method is scored the same way.
+    final = obj.evaluate(stats, idx, jnp.ones((m,), bool), params)
+    return idx, final.objective, state.unconverged + _capped(final.converged, True)
 
   first = _first_pick(stats, m, params)
   # Starts run one after the other: batching them would make every while loop wait for
   # the slower start and turns the search's gathers into batched ones.
-  idx, values = jax.lax.map(lambda a: from_start(first, a), own_ce)
+  # Each start counts only its own solves; the shared first pick's are added once.
+  idx, values, unconverged = jax.lax.map(
+      lambda a: from_start(first._replace(unconverged=jnp.int32(0)), a), own_ce)
   best = jnp.argmin(values)
-  return idx[best], values[best]
+  return idx[best], values[best], first.unconverged + jnp.sum(unconverged)
 
 
 @functools.lru_cache(maxsize=None)
@@ -285,7 +325,7 @@ def _batched(m: int, params: obj.GadcParams, mesh: Optional[Mesh]):
   if mesh is not None:
     spec = PartitionSpec('classes')
     # Classes are independent: no collectives, so the varying-axis checks are moot.
-    fn = jax.shard_map(fn, mesh=mesh, in_specs=spec, out_specs=(spec, spec),
+    fn = jax.shard_map(fn, mesh=mesh, in_specs=spec, out_specs=(spec, spec, spec),
                        check_vma=False)
   return jax.jit(fn)
 
@@ -297,20 +337,19 @@ def select(problems: ClassProblem, m: int, cfg, keys: jax.Array,
   Args:
     problems: ClassProblem with a leading batch axis B (see `problem.stack_problems`).
     m: images to select per class (static).
-    cfg: ConfigDict or attribute object with the GADC fields (`default_gadc_config`).
+    cfg: ConfigDict or attribute object with the GADC fields (`gadc_jax.defaults.gadc()`).
     keys: [B] PRNG keys, the interface every method shares; GADC is deterministic and does
       not use them.
     mesh: optional Mesh with a "classes" axis; the batch is split over it (padded with
       copies of the last class to a multiple of its size, which are dropped afterwards).
   Returns:
-    SelectionOutput(indices [B, m] int32, objective [B] float32).
+    SelectionOutput(indices [B, m] int32, objective [B] float32, unconverged [B] int32:
+    the exact partial OT solves per class that stopped at sinkhorn_max_iterations).
   """
   del keys  # deterministic: ties break to the lowest index.
   params = obj.GadcParams.from_config(cfg)
   batch = problems.mask.shape[0]
-  if mesh is not None:
-    extra = -batch % mesh.shape['classes']
-    problems = jax.tree.map(
-        lambda a: np.concatenate([a, np.repeat(a[-1:], extra, axis=0)]), problems)
-  indices, values = _batched(m, params, mesh)(jax.tree.map(jnp.asarray, problems))
-  return SelectionOutput(indices[:batch], values[:batch])
+  size = batch if mesh is None else batching.round_up(batch, mesh.shape['classes'])
+  return SelectionOutput(*batching.padded_call(
+      lambda padded: _batched(m, params, mesh)(jax.tree.map(jnp.asarray, padded)),
+      problems, size))

@@ -18,52 +18,15 @@ from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
+from gadc_jax import defaults
+from gadc_jax import distances
 from gadc_jax.selection.problem import ClassProblem
 from gadc_jax.transport import partial_ot
-
-# The public release's settings per encoder (spec, "Encoder presets"); everything else
-# (kappa 1.05, w_mom 1, s_mom 6, R 30, tau 0) is shared and lives in the defaults.
-ENCODER_PRESETS = {
-    'inception_v3': {'epsilon': 12.0, 'w_ce': 1200.0},
-    'googlenet': {'epsilon': 12.0, 'w_ce': 300.0},
-    'resnet34': {'epsilon': 20.0, 'w_ce': 10.0},
-    'resnet50': {'epsilon': 20.0, 'w_ce': 10.0},
-}
 
 # pbar_S can underflow to 0 in a class the subset never predicts; flooring its log keeps
 # the KL term finite (a huge penalty instead of inf).
 _LOG_FLOOR = 1e-30
-
-
-def default_gadc_config(encoder: Optional[str] = None) -> ml_collections.ConfigDict:
-  """The spec's defaults, optionally with an encoder preset of `ENCODER_PRESETS` applied."""
-  cfg = ml_collections.ConfigDict()
-  cfg.kappa = 1.05
-  cfg.delta_factor = 0.05
-  cfg.epsilon = 20.0
-  # Relative epsilon: epsilon_rel * mean class cost; overrides `epsilon` when set.
-  cfg.epsilon_rel = ml_collections.config_dict.placeholder(float)
-  cfg.w_mom = 1.0
-  cfg.s_mom = 6.0
-  cfg.w_ce = 10.0
-  cfg.w_ent = 0.0
-  cfg.w_kl = 0.0
-  cfg.temperature = 1.0
-  cfg.rounds = 30            # R: swap-refinement rounds; 0 disables refinement.
-  cfg.tau = 0.0              # candidate filter on max_k p_i(k), applied by the caller.
-  cfg.mode = 'fast'          # 'fast' (screened, warm-started) or 'exhaustive' (spec).
-  cfg.sinkhorn_threshold = partial_ot.DEFAULT_THRESHOLD
-  cfg.sinkhorn_max_iterations = partial_ot.DEFAULT_MAX_ITERATIONS
-  cfg.min_improvement = 1e-8  # a swap must lower J by more than this.
-  cfg.shortlist = 32         # fast mode: exact solves per greedy step / refinement round.
-  if encoder is not None:
-    if encoder not in ENCODER_PRESETS:
-      raise ValueError(f'unknown encoder preset {encoder!r}; '
-                       f'known: {sorted(ENCODER_PRESETS)}')
-    cfg.update(ENCODER_PRESETS[encoder])
-  return cfg
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,8 +44,8 @@ class GadcParams:
   temperature: float = 1.0
   rounds: int = 30
   mode: str = 'fast'
-  sinkhorn_threshold: float = partial_ot.DEFAULT_THRESHOLD
-  sinkhorn_max_iterations: int = partial_ot.DEFAULT_MAX_ITERATIONS
+  sinkhorn_threshold: float = defaults.SINKHORN_THRESHOLD
+  sinkhorn_max_iterations: int = defaults.SINKHORN_MAX_ITERATIONS
   min_improvement: float = 1e-8
   shortlist: int = 32
 
@@ -146,7 +109,7 @@ def class_stats(problem: ClassProblem, params: GadcParams) -> ClassStats:
   x = (problem.features - mean) * w[:, None]
   var_c = jnp.sum(x * x, axis=0) / jnp.maximum(count - 1.0, 1.0)
   # Images are their own nearest point; exact zeros keep duplicates' rounding out of it.
-  cost = partial_ot.pairwise_sq_dists(x, x) * (1.0 - jnp.eye(x.shape[0]))
+  cost = distances.pairwise_sq_dists(x, x) * (1.0 - jnp.eye(x.shape[0]))
   # Padding rows are all-zero probabilities; give them a harmless row before tempering.
   probs = tempered(jnp.where(mask[:, None], problem.probs, 1.0), params.temperature)
   probs = probs * w[:, None]
@@ -228,19 +191,24 @@ def side_terms(stats: ClassStats, sums: SideSums, params: GadcParams,
 class Evaluation(NamedTuple):
   """J of one subset with the pieces the search reuses.
 
-  objective []; pot []: the POT term; ot: the partial OT solution (warm starts).
+  objective []; pot []: the POT term; ot: the partial OT solution (warm starts);
+  converged [] bool: the solve reached sinkhorn_threshold within sinkhorn_max_iterations
+  (if not, objective and pot are those of the capped iterate).
   """
   objective: jax.Array
   pot: jax.Array
   ot: partial_ot.PartialOTOutput
+  converged: jax.Array
 
 
 def evaluate(stats: ClassStats, idx: jax.Array, row_mask: jax.Array, params: GadcParams,
              init=None) -> Evaluation:
-  """J of the subset idx [m] (active rows row_mask [m]) with a converged partial OT solve.
+  """J of the subset idx [m] (active rows row_mask [m]) with a partial OT solve.
 
-  The MOM term is computed in two passes from the gathered features (the fast search's
-  one-pass running sums are only used to screen).
+  The solve runs until the marginal error falls below sinkhorn_threshold or
+  sinkhorn_max_iterations is reached; `converged` says which. The MOM term is computed in
+  two passes from the gathered features (the fast search's one-pass running sums are only
+  used to screen).
   """
   ot = partial_ot.solve(
       stats.cost[idx], delta=stats.delta, epsilon=stats.epsilon, kappa=params.kappa,
@@ -252,25 +220,41 @@ def evaluate(stats: ClassStats, idx: jax.Array, row_mask: jax.Array, params: Gad
   centred = (stats.features[idx] - mean) * w
   var = jnp.sum(centred * centred, axis=0) / jnp.maximum(sums.count - 1.0, 1.0)
   terms = side_terms(stats, sums, params, moments=(mean, var))
-  return Evaluation(objective=ot.value + terms, pot=ot.value, ot=ot)
+  return Evaluation(objective=ot.value + terms, pot=ot.value, ot=ot,
+                    converged=ot.converged)
 
 
-def objective_of(problem: ClassProblem, indices, cfg) -> float:
-  """The converged objective J of a selection of one unbatched class (any method's).
+class Score(NamedTuple):
+  """J of one selection and whether its partial OT solve converged.
+
+  objective: J as a Python float; converged: the solve reached sinkhorn_threshold within
+  sinkhorn_max_iterations (if False, J is that of the capped iterate).
+  """
+  objective: float
+  converged: bool
+
+
+def objective_of(problem: ClassProblem, indices, cfg) -> Score:
+  """The objective J of a selection of one unbatched class (any method's).
+
+  The partial OT solve is cold-started and runs to sinkhorn_threshold or to
+  sinkhorn_max_iterations, whichever comes first; the result reports which.
 
   Args:
     problem: one class (padded or not).
     indices: [m] ints into the class's rows; they must be real images.
     cfg: ConfigDict (or attribute object) with the GADC fields.
   Returns:
-    J as a Python float.
+    Score(objective, converged) as Python values.
   """
   params = GadcParams.from_config(cfg)
   idx = jnp.asarray(indices, jnp.int32)
-  return float(_objective_jit(jax.tree.map(jnp.asarray, problem), idx, params))
+  value, converged = _objective_jit(jax.tree.map(jnp.asarray, problem), idx, params)
+  return Score(objective=float(value), converged=bool(converged))
 
 
 @functools.partial(jax.jit, static_argnums=2)
 def _objective_jit(problem, idx, params):
   stats = class_stats(problem, params)
-  return evaluate(stats, idx, jnp.ones(idx.shape, bool), params).objective
+  ev = evaluate(stats, idx, jnp.ones(idx.shape, bool), params)
+  return ev.objective, ev.converged

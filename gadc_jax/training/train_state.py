@@ -30,6 +30,18 @@ def create(params: PyTree, tx: optax.GradientTransformation) -> TrainState:
                     ema_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params))
 
 
+def optimizer(learning_rate: float, weight_decay: float) -> optax.GradientTransformation:
+  """AdamW: the optimizer of every model trained here (classifiers, DiT, SiT)."""
+  return optax.adamw(learning_rate, weight_decay=weight_decay)
+
+
+def batch_indices(key: jax.Array, step: int, num_examples: int, batch_size: int) -> np.ndarray:
+  """The examples [batch_size] of a step: a function of (key, step) alone, so a resumed run
+  sees the same batches. Drawn without replacement unless the batch exceeds the set."""
+  return np.asarray(jax.random.choice(jax.random.fold_in(key, step), num_examples,
+                                      (batch_size,), replace=batch_size > num_examples))
+
+
 def ema_update(ema: PyTree, params: PyTree, decay: float) -> PyTree:
   """ema <- decay * ema + (1 - decay) * params."""
   return optax.incremental_update(params, ema, step_size=1.0 - decay)

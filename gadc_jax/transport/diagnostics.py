@@ -25,11 +25,11 @@ from typing import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from scipy import optimize
 from scipy import sparse
 
+from gadc_jax import distances
 from gadc_jax.transport import partial_ot
 
 # Columns of the partial OT solve are padded to a multiple of this (masked), so classes of
@@ -37,21 +37,11 @@ from gadc_jax.transport import partial_ot
 _COLUMN_BUCKET = 256
 
 
-def default_config() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
-      knn_k=5,
-      pot_kappa=1.05,
-      pot_delta_factor=0.05,
-      pot_epsilon_rel=0.05,
-  ))
-
-
 def class_sq_dists(features: np.ndarray) -> np.ndarray:
   """[n, n] float64 squared distances; centred first, so the matmul form loses little."""
   x = np.asarray(features, np.float64)
   x = x - x.mean(axis=0)
-  sq = np.sum(x * x, axis=1)
-  d = np.maximum(sq[:, None] + sq[None, :] - 2 * x @ x.T, 0.0)
+  d = distances.pairwise_sq_dists(x, x)
   np.fill_diagonal(d, 0.0)
   return d
 
@@ -147,7 +137,7 @@ def diagnostics(features: np.ndarray, selected_idx: np.ndarray, ce: np.ndarray |
     features: [n, D] the class's features (unpadded), in the space to judge in.
     selected_idx: [m] distinct row indices of the subset.
     ce: [n] classifier CE of the class's images, or None to leave 'ce' out.
-    cfg: `default_config()`.
+    cfg: `gadc_jax.defaults.diagnostics()`.
 
   Returns:
     {'w2', 'pot', 'mmd', 'mean_gap', 'var_gap', 'coverage'[, 'ce']} as Python floats.

@@ -22,9 +22,7 @@ from ott.geometry import geometry
 from ott.problems.linear import linear_problem
 from ott.solvers.linear import sinkhorn
 
-# L1 error of the column marginal (total mass kappa ~ 1) at which a solve counts as converged.
-DEFAULT_THRESHOLD = 1e-5
-DEFAULT_MAX_ITERATIONS = 2000
+from gadc_jax import defaults
 
 
 class PartialOTOutput(NamedTuple):
@@ -34,7 +32,10 @@ class PartialOTOutput(NamedTuple):
   plan:      [m, n]  transport plan of the real rows (dummy row dropped).
   f:         [m + 1] row potentials, the dummy row last (-inf for massless rows).
   g:         [n]     column potentials (-inf for masked columns).
-  converged: []      bool, the column-marginal error fell below the threshold.
+  converged: []      bool, the column-marginal error was below the threshold when the
+                     solve stopped (False: it stopped at the iteration cap above the
+                     threshold, or an iterate was NaN; the other fields are then those of
+                     the last iterate).
   n_iters:   []      int, Sinkhorn iterations run.
   """
   value: jax.Array
@@ -43,17 +44,6 @@ class PartialOTOutput(NamedTuple):
   g: jax.Array
   converged: jax.Array
   n_iters: jax.Array
-
-
-def pairwise_sq_dists(x: jax.Array, y: jax.Array) -> jax.Array:
-  """Squared Euclidean distances [n, p] between rows of x [n, D] and y [p, D].
-
-  Matmul form for speed; rounding can make it slightly negative, hence the clamp.
-  Callers that care about precision centre x and y first (distances are shift-invariant).
-  """
-  sq = (jnp.sum(x * x, axis=1)[:, None] + jnp.sum(y * y, axis=1)[None, :]
-        - 2.0 * x @ y.T)
-  return jnp.maximum(sq, 0.0)
 
 
 def _masked_pairs(cost_full: jax.Array, mask: Optional[jax.Array]) -> jax.Array:
@@ -144,8 +134,8 @@ def marginals(m: int, n: int, kappa, row_mask: Optional[jax.Array] = None,
 def solve(cost: jax.Array, *, delta, epsilon, kappa,
           col_mask: Optional[jax.Array] = None,
           row_mask: Optional[jax.Array] = None,
-          threshold: float = DEFAULT_THRESHOLD,
-          max_iterations: int = DEFAULT_MAX_ITERATIONS,
+          threshold: float = defaults.SINKHORN_THRESHOLD,
+          max_iterations: int = defaults.SINKHORN_MAX_ITERATIONS,
           init: Optional[Tuple[jax.Array, jax.Array]] = None) -> PartialOTOutput:
   """Entropic one-sided partial OT of m selected rows onto a class's n columns.
 
@@ -157,11 +147,12 @@ def solve(cost: jax.Array, *, delta, epsilon, kappa,
     col_mask: [n] bool real columns; padding receives no mass and n counts real ones only.
     row_mask: [m] bool rows that take part (each ships 1/#active); others are massless.
     threshold: L1 error of the column marginal that counts as converged (static).
-    max_iterations: iteration cap (static).
+    max_iterations: iteration cap (static); ott checks the error every 10 iterations, so
+      the cap is effectively rounded up to a multiple of 10.
     init: optional warm start (f [m + 1], g [n]) in ott's log-domain convention,
       plan = exp((f_i + g_j - C_ij) / epsilon).
   Returns:
-    PartialOTOutput.
+    PartialOTOutput; its `converged` says whether the threshold or the cap stopped it.
   """
   m, n = cost.shape
   a, b = marginals(m, n, kappa, row_mask, col_mask)

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from sklearn import datasets
 
-from gadc_jax.artifacts import UserError
+from gadc_jax import defaults
 from gadc_jax.data import gadc_digits
 from gadc_jax.data import input_pipeline as ip
 
@@ -15,7 +15,7 @@ from gadc_jax.data import input_pipeline as ip
 @pytest.fixture(scope='module')
 def digits_cfg(tmp_path_factory):
   """The default config on a private TFDS dir; `split_info` prepares digits there."""
-  cfg = ip.default_data_config()
+  cfg = defaults.data()
   cfg.data_dir = str(tmp_path_factory.mktemp('tfds'))
   ip.split_info(cfg, 'train')
   return cfg
@@ -31,7 +31,7 @@ def _rows(ids) -> np.ndarray:
 
 
 def _folder_cfg(root, image_size=6):
-  cfg = ip.default_data_config()
+  cfg = defaults.data()
   cfg.name, cfg.folder, cfg.image_size = 'folder', str(root), image_size
   return cfg
 
@@ -90,16 +90,6 @@ def test_host_shards_are_disjoint_and_cover():
   assert ip.host_shard(5) == range(5)  # One process in tests.
 
 
-def test_class_view(digits_cfg, digits_train):
-  view = ip.class_view(digits_train, 3)
-  assert set(view) == {'id', 'label', 'image'}
-  assert np.all(view['label'] == 3) and len(view['id']) == np.sum(digits_train['label'] == 3)
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  ds = tf.data.Dataset.from_tensor_slices(dict(digits_train))
-  ids = [ex['id'].decode() for ex in ip.class_view(ds, 3).as_numpy_iterator()]
-  assert ids == list(view['id'])
-
-
 def test_adm_center_crop_hand_computed():
   # 4x6 -> size 2: the short side 4 >= 2*2, so one 2x2 box halving gives 2x3 (block means);
   # the bicubic step is then at scale 1 (no change) and the centre crop keeps columns 0..1.
@@ -139,7 +129,7 @@ def test_image_folder_reads_back(image_folder):
 
 
 def _raises(words, fn, *args, **kwargs):
-  with pytest.raises(UserError) as info:
+  with pytest.raises((ValueError, OSError)) as info:
     result = fn(*args, **kwargs)
     if hasattr(result, '__next__'):
       next(result)
@@ -162,12 +152,12 @@ def test_folder_errors(tmp_path):
   (bad / 'broken.png').write_bytes(b'not a png')
   cfg = _folder_cfg(tmp_path / 'bad')
   _raises(['cannot read image', 'broken.png'], ip.load_split_arrays, cfg, 'train')
-  _raises(['cannot read image', 'broken.png'], ip.train_dataset, cfg, 'train', 2, 0)
+  _raises(['cannot read image', 'broken.png'], ip.iterate_batches, cfg, 'train', 2)
   _raises(["unknown split 'test'", 'train'], ip.split_info, cfg, 'test')
 
 
 def test_tfds_errors(digits_cfg, tmp_path):
-  cfg = ip.default_data_config()
+  cfg = defaults.data()
   cfg.data_dir = str(tmp_path)
   cfg.name = 'no_such_dataset'
   _raises(['no_such_dataset', 'gadc_digits', 'imagenet2012', 'folder'],
@@ -183,63 +173,9 @@ def test_tfds_errors(digits_cfg, tmp_path):
           ip.split_info, digits_cfg, 'validation')
   _raises(['outside split'], ip.iterate_batches, digits_cfg, 'test', 8, 300, 400)
   _raises(['batch_size'], ip.iterate_batches, digits_cfg, 'test', 0)
-  bad_size = ip.default_data_config()
+  bad_size = defaults.data()
   bad_size.image_size = 0
   _raises(['image_size'], ip.split_info, bad_size, 'train')
-
-
-def _take(iterator, n):
-  return [next(iterator) for _ in range(n)]
-
-
-def test_train_dataset_restricted_and_deterministic(digits_cfg, digits_train):
-  chosen = list(digits_train['id'][[0, 5, 17, 400, 401, 1436]])
-  first = _take(ip.train_dataset(digits_cfg, 'train', 4, seed=3, ids=chosen), 6)
-  again = _take(ip.train_dataset(digits_cfg, 'train', 4, seed=3, ids=chosen), 6)
-  other = _take(ip.train_dataset(digits_cfg, 'train', 4, seed=4, ids=chosen), 6)
-  seen = np.concatenate([b['id'] for b in first])
-  assert set(seen) == set(chosen)  # 24 draws over 4 epochs of 6.
-  by_id = {i: (l, im) for i, l, im in zip(*(digits_train[k] for k in ('id', 'label', 'image')))}
-  for batch in first:
-    assert batch['image'].shape == (4, 8, 8, 1) and batch['label'].dtype == np.int32
-    for i, label, image in zip(batch['id'], batch['label'], batch['image']):
-      assert label == by_id[i][0]
-      np.testing.assert_array_equal(image, by_id[i][1])
-  for a, b in zip(first, again):
-    for key in a:
-      np.testing.assert_array_equal(a[key], b[key])
-  assert any(list(a['id']) != list(b['id']) for a, b in zip(first, other))
-
-
-def test_train_dataset_whole_split_and_flip(digits_cfg, digits_train):
-  batches = _take(ip.train_dataset(digits_cfg, 'train', 64, seed=0, flip=True), 3)
-  again = _take(ip.train_dataset(digits_cfg, 'train', 64, seed=0, flip=True), 3)
-  by_id = dict(zip(digits_train['id'], digits_train['image']))
-  flipped = 0
-  for batch, same in zip(batches, again):
-    np.testing.assert_array_equal(batch['image'], same['image'])
-    for i, image in zip(batch['id'], batch['image']):
-      if not np.array_equal(image, by_id[i]):
-        np.testing.assert_array_equal(image, by_id[i][:, ::-1])
-        flipped += 1
-  assert 0 < flipped < 3 * 64
-  ids = np.concatenate([b['id'] for b in batches])
-  assert len(set(ids)) == len(ids)  # Within the first epoch no example repeats.
-
-
-def test_train_dataset_folder_selection_and_missing_ids(image_folder, digits_cfg):
-  root, expected = image_folder
-  cfg = _folder_cfg(root)
-  batch = next(ip.train_dataset(cfg, 'train', 6, seed=0, ids=['cat/a.png', 'dog/x.png']))
-  assert set(batch['id']) == {'cat/a.png', 'dog/x.png'}
-  for i, label, image in zip(batch['id'], batch['label'], batch['image']):
-    assert label == expected[i][0]
-    np.testing.assert_array_equal(image, expected[i][1])
-  _raises(['1 selected ids', 'cat/zz.png'], ip.train_dataset, cfg, 'train', 2, 0,
-          ids=['cat/a.png', 'cat/zz.png'])
-  _raises(['1 selected ids', 'digits-99999'], ip.train_dataset, digits_cfg, 'train', 2, 0,
-          ids=['digits-00000', 'digits-99999'])
-  _raises(['selection', 'empty'], ip.train_dataset, cfg, 'train', 2, 0, ids=[])
 
 
 def test_read_examples_at_positions(digits_cfg, digits_train, image_folder):

@@ -6,7 +6,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gadc_jax.artifacts import UserError
 from gadc_jax.models import convert
 from gadc_jax.models import dit
 
@@ -106,11 +105,11 @@ def test_dit_from_original_layout_matches(reference):
 
 def test_checkpoint_of_another_size():
   wider = _original_layout(_state(_diffusers_dit(heads=4, head_dim=24)))  # hidden 96.
-  with pytest.raises(UserError, match=r'x_embedder.proj.weight has shape \(96, 4, 2, 2\).*'
+  with pytest.raises(ValueError, match=r'x_embedder.proj.weight has shape \(96, 4, 2, 2\).*'
                                       r'expects \(64, 4, 2, 2\)'):
     convert.dit_from_torch(wider, dit.DiT(**TINY))
   deeper = _state(_diffusers_dit(depth=3))
-  with pytest.raises(UserError, match='transformer_blocks.2'):
+  with pytest.raises(ValueError, match='transformer_blocks.2'):
     convert.dit_from_diffusers(deeper, dit.DiT(**TINY))
 
 
@@ -118,12 +117,12 @@ def test_missing_tensor_and_untied_embedders(reference):
   model, _, _ = reference
   state = _original_layout(_state(model))
   del state['blocks.1.mlp.fc2.weight']
-  with pytest.raises(UserError, match=r'lacks 1 of .*blocks_1.mlp.fc2.kernel'):
+  with pytest.raises(ValueError, match=r'lacks 1 of .*blocks_1.mlp.fc2.kernel'):
     convert.dit_from_torch(state, dit.DiT(**TINY))
   state = _state(model)
   name = 'transformer_blocks.1.norm1.emb.class_embedder.embedding_table.weight'
   state[name] = state[name] + 1
-  with pytest.raises(UserError, match='shares one'):
+  with pytest.raises(ValueError, match='shares one'):
     convert.dit_from_diffusers(state, dit.DiT(**TINY))
 
 
@@ -131,15 +130,15 @@ def test_load_torch_state_dict(tmp_path, reference):
   model, _, _ = reference
   path = str(tmp_path / 'ckpt.pt')
   torch.save({'model': model.state_dict(), 'ema': model.state_dict(), 'steps': 3}, path)
-  with pytest.raises(UserError, match='training checkpoint.*ema'):
+  with pytest.raises(ValueError, match='training checkpoint.*ema'):
     convert.load_torch_state_dict(path)
   state = convert.load_torch_state_dict(path, key='ema')
   np.testing.assert_array_equal(state['proj_out_2.bias'], model.proj_out_2.bias.detach().numpy())
   junk = tmp_path / 'junk.pt'
   junk.write_bytes(b'not a checkpoint')
-  with pytest.raises(UserError, match='junk.pt is not a PyTorch checkpoint'):
+  with pytest.raises(ValueError, match='junk.pt is not a PyTorch checkpoint'):
     convert.load_torch_state_dict(str(junk))
-  with pytest.raises(UserError, match='does not exist'):
+  with pytest.raises(FileNotFoundError, match='does not exist'):
     convert.load_torch_state_dict(str(tmp_path / 'missing.pt'))
-  with pytest.raises(UserError, match='no tensors'):
+  with pytest.raises(ValueError, match='no tensors'):
     convert.dit_from_torch({}, dit.DiT(**TINY))

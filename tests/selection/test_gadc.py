@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from scipy.special import log_softmax
 
+from gadc_jax import defaults
 from gadc_jax.selection import gadc
 from gadc_jax.selection import objective as obj
 from gadc_jax.selection import problem as problem_lib
@@ -28,7 +29,7 @@ def _class(seed, n, dim=5, classes=6):
 
 
 def _config(**overrides):
-  cfg = obj.default_gadc_config()
+  cfg = defaults.gadc()
   cfg.epsilon = 2.0
   cfg.sinkhorn_threshold = 1e-6
   cfg.update(overrides)
@@ -97,9 +98,14 @@ def _numpy_gadc(problem, m, cfg):
   return sorted(subset), current
 
 
+def _select_out(problem, m, cfg):
+  """gadc.select's output for one unpadded class."""
+  return gadc.select(problem_lib.stack_problems([problem]), m, cfg,
+                     jax.random.split(jax.random.key(0), 1))
+
+
 def _select_one(problem, m, cfg):
-  out = gadc.select(problem_lib.stack_problems([problem]), m, cfg,
-                    jax.random.split(jax.random.key(0), 1))
+  out = _select_out(problem, m, cfg)
   return np.asarray(out.indices[0]), float(out.objective[0])
 
 
@@ -126,8 +132,9 @@ def test_matches_numpy_exhaustive_search(name):
   indices, value = _select_one(problem, 4, cfg)
   np.testing.assert_array_equal(indices, expected)
   np.testing.assert_allclose(value, expected_value, rtol=1e-4)
-  np.testing.assert_allclose(obj.objective_of(problem, indices, cfg), expected_value,
-                             rtol=1e-4)
+  score = obj.objective_of(problem, indices, cfg)
+  assert score.converged
+  np.testing.assert_allclose(score.objective, expected_value, rtol=1e-4)
   # Fast mode may reach a better optimum (it also refines the release's greedy start).
   cfg.mode = 'fast'
   _, fast_value = _select_one(problem, 4, cfg)
@@ -151,9 +158,11 @@ def test_candidate_filter_padding_and_batching():
                         jax.random.split(jax.random.key(0), 1))
     np.testing.assert_array_equal(out.indices[b], alone.indices[0])
     np.testing.assert_allclose(out.objective[b], alone.objective[0], rtol=1e-5)
+    assert out.unconverged[b] == alone.unconverged[0]
     assert np.all(np.asarray(out.indices[b]) < len(problem.ce))
     np.testing.assert_allclose(out.objective[b],
-                               obj.objective_of(problem, out.indices[b], cfg), rtol=1e-4)
+                               obj.objective_of(problem, out.indices[b], cfg).objective,
+                               rtol=1e-4)
   assert not np.any(np.asarray(out.indices[2]) % 3 == 0)
   unpadded, _ = _select_one(problems[0], 4, cfg)
   np.testing.assert_array_equal(out.indices[0], unpadded)
@@ -165,7 +174,7 @@ def test_finite_objective_for_extreme_feature_norms(norm):
   x = problem.features
   problem = problem._replace(
       features=(norm * x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32))
-  cfg = obj.default_gadc_config('resnet50')  # absolute epsilon 20
+  cfg = defaults.gadc('resnet50')  # absolute epsilon 20
   cfg.rounds = 2
   indices, value = _select_one(problem, 3, cfg)
   assert np.isfinite(value) and len(set(indices.tolist())) == 3
@@ -180,6 +189,42 @@ def test_fast_within_tenth_of_a_percent_of_exhaustive(seed, n, dim, m):
   cfg.mode = 'exhaustive'
   _, exhaustive = _select_one(problem, m, cfg)
   assert fast <= exhaustive * (1 + 1e-3)
+
+
+@pytest.mark.parametrize('mode', ['fast', 'exhaustive'])
+def test_solves_stopped_at_the_cap_are_counted(mode):
+  """With a cap no solve can meet, the count is every solve whose result the search uses,
+  each counted once (the first pick's once for both fast-mode starts)."""
+  n, m = 30, 3
+  problem = _class(seed=5, n=n)
+  # At epsilon 0.05 the marginal error of these costs cannot reach 1e-6 within the cap
+  # (ott checks it every 10 iterations, so a cap of 2 runs 10). rounds = 1 runs exactly
+  # one refinement round, so the expected counts are exact.
+  cfg = _config(mode=mode, rounds=1, epsilon=0.05, sinkhorn_max_iterations=2)
+  out = _select_out(problem, m, cfg)
+  # First pick: n one-row solves + 1 re-solve of the pick.
+  first = n + 1
+  if mode == 'exhaustive':
+    # Greedy step k: n - k candidates + 1 re-solve; the round: m (n - m) swaps + 1
+    # re-solve; the final scoring: 1.
+    expected = first + sum(n - k + 1 for k in range(1, m)) + m * (n - m) + 1 + 1
+  else:
+    # Two starts; per start, greedy step k solves its shortlist's n - k valid candidates
+    # (shortlist 32 >= n), the round its 32 best of m (n - m) swaps, the final scoring 1.
+    expected = first + 2 * (sum(n - k for k in range(1, m)) + 32 + 1)
+  assert out.unconverged.dtype == np.int32 and out.unconverged.tolist() == [expected]
+  score = obj.objective_of(problem, out.indices[0], cfg)
+  assert not score.converged and np.isfinite(score.objective)
+
+
+@pytest.mark.parametrize('mode', ['fast', 'exhaustive'])
+def test_no_solve_stops_at_the_default_cap(mode):
+  # The class and config of test_matches_numpy_exhaustive_search[default] (same compile).
+  problem = _class(seed=len('default'), n=40)
+  cfg = _config(mode=mode)
+  out = _select_out(problem, 4, cfg)
+  assert out.unconverged.dtype == np.int32 and out.unconverged.tolist() == [0]
+  assert obj.objective_of(problem, out.indices[0], cfg).converged
 
 
 _SHARDED_SCRIPT = textwrap.dedent('''
@@ -198,6 +243,7 @@ _SHARDED_SCRIPT = textwrap.dedent('''
       alone = gadc.select(problem_lib.stack_problems([problems[b]], n=36), 3, cfg, keys[b:b + 1])
       np.testing.assert_array_equal(out.indices[b], alone.indices[0])
       np.testing.assert_allclose(out.objective[b], alone.objective[0], rtol=1e-5)
+      assert out.unconverged[b] == alone.unconverged[0]
     print('sharded ok')
 ''')
 

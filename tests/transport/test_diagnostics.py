@@ -5,10 +5,11 @@ import ot
 import pytest
 from scipy.spatial import distance
 
+from gadc_jax import defaults
 from gadc_jax.transport import diagnostics
 from gadc_jax.transport import partial_ot
 
-CFG = diagnostics.default_config()
+CFG = defaults.diagnostics()
 
 
 def _class(seed, n=40, d=5, scale=3.0):

@@ -7,6 +7,7 @@ import ot
 import pytest
 from scipy.special import logsumexp
 
+from gadc_jax import distances
 from gadc_jax.transport import partial_ot
 
 
@@ -73,6 +74,17 @@ def test_matches_numpy_sinkhorn_at_moderate_epsilon():
   np.testing.assert_allclose(np.asarray(out.plan).sum(1), 1 / 5, rtol=1e-4)
 
 
+def test_solve_stopped_at_the_cap_is_not_converged():
+  x = _points(1, 30, dim=4)
+  cost = _sq_dists(x[[2, 3, 11, 17, 25]], x)
+  capped = _solve(cost, delta=0.8, epsilon=0.7, kappa=1.05, max_iterations=10)
+  assert not bool(capped.converged) and int(capped.n_iters) == 10
+  assert np.isfinite(float(capped.value))
+  # The same problem meets the threshold well before the default cap.
+  out = _solve(cost, delta=0.8, epsilon=0.7, kappa=1.05)
+  assert bool(out.converged) and int(out.n_iters) < 20000
+
+
 def test_kappa_one_is_balanced_ot():
   x = _points(2, 10)
   cost = _sq_dists(x[[1, 5]], x)
@@ -116,7 +128,7 @@ def test_finite_for_feature_norms_at_absolute_epsilon_20(norm):
   rng = np.random.default_rng(5)
   x = rng.standard_normal((200, 64)).astype(np.float32)
   x *= norm / np.linalg.norm(x, axis=1, keepdims=True)
-  full = partial_ot.pairwise_sq_dists(jnp.asarray(x), jnp.asarray(x))
+  full = distances.pairwise_sq_dists(jnp.asarray(x), jnp.asarray(x))
   delta = partial_ot.class_delta(full, None, 0.05)
   out = jax.jit(lambda c, d: partial_ot.solve(c, delta=d, epsilon=20.0, kappa=1.05))(
       full[:10], delta)
@@ -131,7 +143,7 @@ def test_relative_epsilon_is_scale_free():
   x = _points(6, 60, dim=8)
   values = []
   for scale in (1e-3, 1.0, 1e3):
-    full = partial_ot.pairwise_sq_dists(jnp.asarray(x * scale), jnp.asarray(x * scale))
+    full = distances.pairwise_sq_dists(jnp.asarray(x * scale), jnp.asarray(x * scale))
     eps = partial_ot.resolve_epsilon(full, None, 20.0, 0.05)
     delta = partial_ot.class_delta(full, None, 0.05)
     out = partial_ot.solve(full[:6], delta=delta, epsilon=eps, kappa=1.05)

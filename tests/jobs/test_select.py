@@ -7,20 +7,21 @@ import numpy as np
 import pytest
 
 from gadc_jax import artifacts
-from gadc_jax import features
-from gadc_jax.selection import select_job
+from gadc_jax import feature_store
+from gadc_jax.jobs import select as select_job
+from gadc_jax.selection import budget
 from tests.conftest import killed_after
 
 
 def test_per_class_budget_forms():
   sizes = np.array([10, 30, 20, 30])
-  np.testing.assert_array_equal(select_job.per_class_budget('5/class', sizes), [5, 5, 5, 5])
+  np.testing.assert_array_equal(budget.per_class_budget('5/class', sizes), [5, 5, 5, 5])
   # 10 over 4 classes: 2 each, the remainder 2 to the largest classes (ties: lower index).
-  np.testing.assert_array_equal(select_job.per_class_budget('10', sizes), [2, 3, 2, 3])
+  np.testing.assert_array_equal(budget.per_class_budget('10', sizes), [2, 3, 2, 3])
   # 10% of 90 images = 9: 2 each, one more for class 1.
-  np.testing.assert_array_equal(select_job.per_class_budget('10%', sizes), [2, 3, 2, 2])
-  with pytest.raises(artifacts.UserError, match="'ten'"):
-    select_job.per_class_budget('ten', sizes)
+  np.testing.assert_array_equal(budget.per_class_budget('10%', sizes), [2, 3, 2, 2])
+  with pytest.raises(ValueError, match="'ten'"):
+    budget.per_class_budget('ten', sizes)
 
 
 def _workdir_with_links(digits_workdir, tmp_path):
@@ -46,7 +47,7 @@ def test_select_writes_a_checked_selection(digits_workdir, tmp_path, method):
   summary = select_job.run(config, workdir)
   out, sel, js = _selection(workdir, f'{method}-5perclass-seed0')
   assert summary['fingerprint'] == js['fingerprint']
-  store = features.open_store(config, workdir, 'selection', 'train')
+  store = feature_store.open_store(config, workdir, 'selection', 'train')
   np.testing.assert_array_equal(sel['offsets'], np.arange(0, 55, 5))
   for c in range(10):
     idx = sel['indices'][sel['offsets'][c]:sel['offsets'][c + 1]]
@@ -66,7 +67,7 @@ def test_select_writes_a_checked_selection(digits_workdir, tmp_path, method):
   assert os.path.getmtime(os.path.join(out, 'selection.json')) == mtime
   # Same folder, other inputs: refused, nothing overwritten.
   config.select.gadc.w_ce = 123.0  # the objective every selection is scored with.
-  with pytest.raises(artifacts.UserError, match='selection fingerprint mismatch'):
+  with pytest.raises(ValueError, match='selection fingerprint mismatch'):
     select_job.run(config, workdir)
   assert os.path.getmtime(os.path.join(out, 'selection.json')) == mtime
 
@@ -108,7 +109,7 @@ def test_killed_then_resumed_equals_uninterrupted(digits_workdir, tmp_path, monk
 def test_budget_larger_than_a_class(digits_workdir, tmp_path):
   config, workdir = _workdir_with_links(digits_workdir, tmp_path)
   config.select.budget = '1000/class'
-  with pytest.raises(artifacts.UserError, match=r'asks 1000 images of class 0, which has only'):
+  with pytest.raises(ValueError, match=r'asks 1000 images of class 0, which has only'):
     select_job.run(config, workdir)
   assert not os.path.exists(os.path.join(workdir, 'selections'))
 
@@ -131,7 +132,7 @@ def test_nan_features_name_class_and_row(digits_workdir, tmp_path):
   offsets = artifacts.read_json(os.path.join(store_path, 'manifest.json'))['offsets']
   feats[offsets[3] + 7, 2] = np.nan
   np.save(os.path.join(store_path, 'features.npy'), feats)
-  with pytest.raises(artifacts.UserError, match=r'class 3, row 7 \(id digits-\d+\)'):
+  with pytest.raises(ValueError, match=r'class 3, row 7 \(id digits-\d+\)'):
     select_job.run(config, workdir)
 
 
@@ -142,18 +143,18 @@ def test_empty_class(digits_workdir, tmp_path):
     manifest = artifacts.read_json(manifest_path)
     manifest['offsets'][5] = manifest['offsets'][4]  # class 4 now holds no rows.
     artifacts.atomic_write_json(manifest_path, manifest)
-  with pytest.raises(artifacts.UserError, match='class 4 has no images'):
+  with pytest.raises(ValueError, match='class 4 has no images'):
     select_job.run(config, workdir)
 
 
 def test_features_of_another_split_are_refused(digits_workdir, tmp_path):
   config, workdir, store_path = _copied_store(digits_workdir, tmp_path)
   config.select.split = 'test'
-  with pytest.raises(artifacts.UserError, match='run the features job'):
+  with pytest.raises(FileNotFoundError, match='run the features job'):
     select_job.run(config, workdir)
   # A train store put where the test store belongs does not pass for it.
   for name in ('selection', 'evaluation'):
     shutil.copytree(os.path.join(workdir, 'features', f'{name}-train'),
                     os.path.join(workdir, 'features', f'{name}-test'))
-  with pytest.raises(artifacts.UserError, match='features fingerprint mismatch'):
+  with pytest.raises(ValueError, match='features fingerprint mismatch'):
     select_job.run(config, workdir)

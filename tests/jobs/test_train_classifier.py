@@ -8,7 +8,8 @@ import pytest
 
 from gadc_jax import artifacts
 from gadc_jax import networks
-from gadc_jax import train_classifier
+from gadc_jax.jobs import train_classifier
+from gadc_jax.training import train_state
 from tests.conftest import digits_config, killed_after
 
 
@@ -26,11 +27,11 @@ def test_both_networks_are_accurate(digits_workdir):
 
 def test_batches_depend_only_on_key_and_step():
   key = jax.random.PRNGKey(3)
-  a = train_classifier.batch_indices(key, 7, 100, 16)
-  b = train_classifier.batch_indices(key, 7, 100, 16)
+  a = train_state.batch_indices(key, 7, 100, 16)
+  b = train_state.batch_indices(key, 7, 100, 16)
   np.testing.assert_array_equal(a, b)
   assert len(set(a.tolist())) == 16
-  assert not np.array_equal(a, train_classifier.batch_indices(key, 8, 100, 16))
+  assert not np.array_equal(a, train_state.batch_indices(key, 8, 100, 16))
 
 
 def _small_config(tfds_dir):
@@ -70,6 +71,6 @@ def test_other_config_is_refused_not_overwritten(tmp_path, tfds_dir):
   record = os.path.join(workdir, 'classifiers', 'evaluation', 'classifier.json')
   before = open(record).read()
   config.classifier.steps = 41
-  with pytest.raises(artifacts.UserError, match='fingerprint mismatch'):
+  with pytest.raises(ValueError, match='fingerprint mismatch'):
     train_classifier.run(config, workdir)
   assert open(record).read() == before

@@ -10,12 +10,14 @@ import tensorflow as tf
 
 from gadc_jax import artifacts
 from gadc_jax.data import input_pipeline
-from gadc_jax.evaluation import evaluate
+from gadc_jax import defaults
+from gadc_jax.evaluation import embedding
+from gadc_jax.jobs import evaluate
 
 
 def _config(config, samples, out_name):
   config = config.copy_and_resolve_references()
-  config.evaluate = evaluate.default_config()
+  config.evaluate = defaults.evaluate()
   config.evaluate.samples = samples
   config.evaluate.reference = 'split:train'
   config.evaluate.out_name = out_name
@@ -70,7 +72,7 @@ def test_json_and_tensorboard_hold_the_metrics(evaluated):
 def test_rerun_skips_and_other_samples_under_the_same_name_are_refused(evaluated):
   config, workdir, real, _ = evaluated
   assert evaluate.run(_config(config, 'real.npz', 'real'), workdir) == real
-  with pytest.raises(artifacts.UserError, match='evaluation fingerprint mismatch'):
+  with pytest.raises(ValueError, match='evaluation fingerprint mismatch'):
     evaluate.run(_config(config, 'noise.npz', 'real'), workdir)
 
 
@@ -79,7 +81,7 @@ def test_streamed_npz_batches_equal_np_load(tmp_path):
   for save in (np.savez, np.savez_compressed):
     path = str(tmp_path / f'{save.__name__}.npz')
     save(path, images=images)
-    batches = list(evaluate.npz_image_batches(path, 'images', 4))
+    batches = list(embedding.npz_image_batches(path, 'images', 4))
     assert [len(b) for b in batches] == [4, 4, 2]
     np.testing.assert_array_equal(np.concatenate(batches), images)
 
@@ -88,16 +90,16 @@ def test_bad_samples_are_user_errors(evaluated, tmp_path):
   config, workdir, _, _ = evaluated
   path = str(tmp_path / 'wrong.npz')
   np.savez(path, images=np.zeros((5, 4, 4, 1), np.uint8))
-  with pytest.raises(artifacts.UserError, match=r'images are \(4, 4, 1\) but the reference'):
+  with pytest.raises(ValueError, match=r'images are \(4, 4, 1\) but the reference'):
     evaluate.run(_config(config, path, 'wrong'), workdir)
   np.savez(path, pictures=np.zeros((5, 8, 8, 1), np.uint8))
-  with pytest.raises(artifacts.UserError, match="has no array 'images'"):
+  with pytest.raises(ValueError, match="has no array 'images'"):
     evaluate.run(_config(config, path, 'wrong'), workdir)
   np.savez(path, images=np.zeros((5, 8, 8, 1), np.float32))
-  with pytest.raises(artifacts.UserError, match='must be uint8 images'):
+  with pytest.raises(ValueError, match='must be uint8 images'):
     evaluate.run(_config(config, path, 'wrong'), workdir)
   np.savez(path, images=np.zeros((3, 8, 8, 1), np.uint8))  # fewer than k + 1 = 4
-  with pytest.raises(artifacts.UserError, match='3 samples; at least 4'):
+  with pytest.raises(ValueError, match='3 samples; at least 4'):
     evaluate.run(_config(config, path, 'wrong'), workdir)
-  with pytest.raises(artifacts.UserError, match='no samples at .*missing.npz'):
+  with pytest.raises(FileNotFoundError, match='no samples at .*missing.npz'):
     evaluate.run(_config(config, 'missing.npz', 'wrong'), workdir)

@@ -25,69 +25,28 @@ import numpy as np
 import tqdm
 
 from gadc_jax import artifacts
-from gadc_jax import features as features_lib
+from gadc_jax import feature_store
+from gadc_jax import layout
+from gadc_jax import preemption
 from gadc_jax import report
 from gadc_jax.data import input_pipeline
+from gadc_jax.selection import budget as budget_lib
 from gadc_jax.selection import methods
 from gadc_jax.selection import objective
 from gadc_jax.selection import problem as problem_lib
 from gadc_jax.transport import diagnostics as diagnostics_lib
 
 
-def default_config() -> ml_collections.ConfigDict:
-  """The select job's options; every method's options sit under its own name."""
-  config = ml_collections.ConfigDict({
-      'method': 'gadc',
-      'budget': '10%',         # '10%' of the split, '1000' images, or '10/class'.
-      'seed': 0,
-      'network': 'selection',  # feature space (and classifier) the method selects in.
-      'split': 'train',
-      'eval_networks': ('evaluation',),  # further spaces the diagnostics are computed in.
-      'classes_per_batch': 16,
-      'name': '',              # output folder; '' = METHOD-BUDGET-seedSEED.
-      'grid_classes': 10,
-      'grid_per_class': 10,
-      'diagnostics': diagnostics_lib.default_config(),
-  })
-  for name in methods.METHOD_NAMES:
-    config[name] = methods.get_method(name)[1]()
-  return config
-
-
-def per_class_budget(budget: str, class_sizes: np.ndarray) -> np.ndarray:
-  """Balanced per-class sizes m_c for a budget string (see default_config).
-
-  A total B over C classes gives B // C each; the remainder goes one each to the largest
-  classes (ties to the lower class index).
-  """
-  budget = str(budget).strip()
-  num_classes = len(class_sizes)
-  try:
-    if budget.endswith('/class'):
-      return np.full(num_classes, int(budget[:-len('/class')]), np.int64)
-    if budget.endswith('%'):
-      total = int(round(float(budget[:-1]) / 100 * class_sizes.sum()))
-    else:
-      total = int(budget)
-  except ValueError:
-    raise artifacts.UserError(
-        f"select.budget {budget!r} is not '10%', '1000' or '10/class'") from None
-  m = np.full(num_classes, total // num_classes, np.int64)
-  largest = np.lexsort((np.arange(num_classes), -class_sizes))
-  m[largest[:total % num_classes]] += 1
-  return m
-
-
-def _validate(store: features_lib.FeatureStore, m: np.ndarray, budget: str) -> None:
+def _validate(store: feature_store.FeatureStore, m: np.ndarray, budget: str) -> None:
   sizes = store.class_sizes()
   for c, (n, k) in enumerate(zip(sizes, m)):
     if n == 0:
-      raise artifacts.UserError(f'class {c} has no images in {store.path}')
+      raise ValueError(f'class {c} has no images in {store.path}')
     if k < 1:
-      raise artifacts.UserError(
+      raise ValueError(
           f'budget {budget} gives class {c} no image ({len(sizes)} classes); raise the budget')
     if k > n:
-      raise artifacts.UserError(
+      raise ValueError(
           f'budget {budget} asks {k} images of class {c}, which has only {n}')
 
 
@@ -96,7 +55,7 @@ def _class_problem(store, c: int, tau: float) -> problem_lib.ClassProblem:
   bad = np.argwhere(~np.isfinite(feats))
   if len(bad):
     row = int(bad[0, 0])
-    raise artifacts.UserError(
+    raise ValueError(
         f'non-finite features in {store.path}: class {c}, row {row} '
         f'(id {store.load("ids", c)[row]})')
   return problem_lib.make_problem(
@@ -106,33 +65,35 @@ def _class_problem(store, c: int, tau: float) -> problem_lib.ClassProblem:
 
 def _open_stores(config, workdir: str):
   cfg = config.select
-  store = features_lib.open_store(config, workdir, cfg.network, cfg.split)
+  store = feature_store.open_store(config, workdir, cfg.network, cfg.split)
   info = input_pipeline.split_info(config.data, cfg.split)
   if store.manifest['inputs']['dataset'][:3] != [info.dataset, info.version, info.split]:
-    raise artifacts.UserError(
+    raise ValueError(
         f'{store.path} holds features of {store.manifest["inputs"]["dataset"][:3]}, not of '
         f'config.data {[info.dataset, info.version, info.split]}')
   eval_stores = {}
   for name in cfg.eval_networks:
-    other = features_lib.open_store(config, workdir, name, cfg.split)
+    other = feature_store.open_store(config, workdir, name, cfg.split)
     if not (np.array_equal(other.offsets, store.offsets)
             and np.array_equal(other.load('positions'), store.load('positions'))):
-      raise artifacts.UserError(f'{other.path} and {store.path} do not hold the same images')
+      raise ValueError(f'{other.path} and {store.path} do not hold the same images')
     eval_stores[name] = other
   return store, eval_stores
-
-
-def run_name(cfg) -> str:
-  return cfg.name or f'{cfg.method}-{str(cfg.budget).replace("/", "per")}-seed{cfg.seed}'
 
 
 def _class_path(out: str, c: int) -> str:
   return os.path.join(out, 'classes', f'class-{c:05d}.json')
 
 
-def _score_class(config, store, eval_stores, c, prob, indices) -> dict[str, Any]:
-  """Objective and diagnostics of one class's subset, in every feature space."""
+def _score_class(config, store, eval_stores, c, prob, indices,
+                 unconverged: int) -> dict[str, Any]:
+  """Objective and diagnostics of one class's subset, in every feature space.
+
+  `unconverged` counts the method's partial OT solves for this class that stopped at the
+  iteration cap; the scoring solve adds one if it stops there too.
+  """
   cfg = config.select
+  score = objective.objective_of(prob, np.asarray(indices), cfg.gadc)
   diag = {cfg.network: diagnostics_lib.diagnostics(prob.features, indices, prob.ce,
                                                    cfg.diagnostics)}
   for name, other in eval_stores.items():
@@ -143,7 +104,8 @@ def _score_class(config, store, eval_stores, c, prob, indices) -> dict[str, Any]
       'class': c,
       'indices': [int(i) for i in indices],
       'ids': [str(store.load('ids', c)[i]) for i in indices],
-      'objective': float(objective.objective_of(prob, np.asarray(indices), cfg.gadc)),
+      'objective': score.objective,
+      'unconverged_solves': int(unconverged) + (not score.converged),
       'diagnostics': diag,
   }
 
@@ -151,7 +113,7 @@ def _score_class(config, store, eval_stores, c, prob, indices) -> dict[str, Any]
 def _select_classes(config, store, eval_stores, out, classes, m) -> None:
   """Runs the method on `classes` (all with budget m), writing one file per class."""
   cfg = config.select
-  select_fn, _ = methods.get_method(cfg.method)
+  select_fn = methods.get_method(cfg.method)
   seed_key = jax.random.PRNGKey(cfg.seed)
   bar = tqdm.tqdm(total=len(classes), desc=f'select {cfg.method} m={m}', unit='class')
   for i in range(0, len(classes), cfg.classes_per_batch):
@@ -162,10 +124,14 @@ def _select_classes(config, store, eval_stores, out, classes, m) -> None:
              for c in batch]
     keys = jax.vmap(lambda c: jax.random.fold_in(seed_key, c))(np.asarray(batch))
     result = select_fn(problem_lib.stack_problems(probs), m, cfg[cfg.method], keys)
-    for c, prob, idx in zip(batch, probs, np.asarray(result.indices)):
+    for c, prob, idx, unconverged in zip(batch, probs, np.asarray(result.indices),
+                                         np.asarray(result.unconverged)):
       artifacts.atomic_write_json(
-          _class_path(out, c), _score_class(config, store, eval_stores, c, prob, idx))
+          _class_path(out, c),
+          _score_class(config, store, eval_stores, c, prob, idx, unconverged))
     bar.update(len(batch))
+    if preemption.requested():  # class batches are the unit of resumption.
+      break
   bar.close()
 
 
@@ -181,6 +147,14 @@ def _merge(config, store, out: str, m: np.ndarray, inputs, expected, seconds) ->
       positions=positions, ids=ids,
       labels=np.repeat(np.arange(store.num_classes), m).astype(np.int32))
   spaces = list(records[0]['diagnostics'])
+  unconverged = {r['class']: r['unconverged_solves'] for r in records
+                 if r['unconverged_solves']}
+  if unconverged:
+    logging.warning(
+        'selection %s: partial OT solves stopped at the iteration cap '
+        '(select.gadc.sinkhorn_max_iterations) without converging in classes %s (solves per '
+        'class: %s); their objective values are approximate: raise the cap or epsilon.',
+        out, ', '.join(map(str, unconverged)), unconverged)
   summary = {
       'fingerprint': expected,
       'inputs': inputs,
@@ -189,6 +163,8 @@ def _merge(config, store, out: str, m: np.ndarray, inputs, expected, seconds) ->
       'per_class': m.tolist(),
       'objective_mean': float(np.mean([r['objective'] for r in records])),
       'objective': [r['objective'] for r in records],
+      'unconverged_solves': [r['unconverged_solves'] for r in records],
+      'unconverged_classes': sorted(unconverged),
       'diagnostics': {s: diagnostics_lib.average([r['diagnostics'][s] for r in records])
                       for s in spaces},
       'class_diagnostics': [r['diagnostics'] for r in records],
@@ -212,7 +188,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   cfg = config.select
   methods.get_method(cfg.method)  # fail early on an unknown method.
   store, eval_stores = _open_stores(config, workdir)
-  m = per_class_budget(cfg.budget, store.class_sizes())
+  m = budget_lib.per_class_budget(cfg.budget, store.class_sizes())
   _validate(store, m, cfg.budget)
   inputs = {
       'dataset': store.manifest['inputs']['dataset'][:3],
@@ -226,7 +202,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       'seed': cfg.seed,
   }
   expected = artifacts.fingerprint(inputs)
-  out = os.path.join(workdir, 'selections', run_name(cfg))
+  out = layout.selection_dir(workdir, layout.selection_name(cfg))
   final = os.path.join(out, 'selection.json')
   summary = artifacts.finished_or_start(final, os.path.join(out, 'classes', 'inputs.json'),
                                         expected, inputs, 'selection')
@@ -241,7 +217,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logging.info('select %s: %d classes, %d left on this host, %d images in all', out,
                store.num_classes, len(todo), int(m.sum()))
   for size in sorted(set(m[todo].tolist())):
-    _select_classes(config, store, eval_stores, out, [c for c in todo if m[c] == size], size)
+    if not preemption.requested():
+      _select_classes(config, store, eval_stores, out, [c for c in todo if m[c] == size], size)
+  preemption.raise_if_agreed(f'in the select job, {out}')
   multihost_utils.sync_global_devices(f'select {out} classes')
   summary = None
   if jax.process_index() == 0:

@@ -9,7 +9,9 @@ import torch
 import torchvision
 
 from gadc_jax import artifacts
-from gadc_jax import features
+from gadc_jax import feature_store
+from gadc_jax import layout
+from gadc_jax.jobs import features
 from gadc_jax import networks
 from gadc_jax.data import input_pipeline
 from tests.conftest import killed_after
@@ -23,7 +25,7 @@ def _store_arrays(store):
 
 def test_store_is_sorted_by_class_and_matches_the_network(digits_workdir):
   config, workdir = digits_workdir
-  store = features.open_store(config, workdir, 'selection', 'train')
+  store = feature_store.open_store(config, workdir, 'selection', 'train')
   data = input_pipeline.load_split_arrays(config.data, 'train')
   arrays = _store_arrays(store)
   n = len(data['label'])
@@ -58,7 +60,7 @@ def test_topk_probabilities_round_trip(digits_workdir, tmp_path):
   config.features.networks = ('selection',)
   os.symlink(os.path.join(workdir, 'classifiers'), tmp_path / 'classifiers')
   store = features.compute_store(config, str(tmp_path), 'selection', 'train')
-  full = features.open_store(digits_workdir[0], workdir, 'selection', 'train')
+  full = feature_store.open_store(digits_workdir[0], workdir, 'selection', 'train')
   dense, ref = store.probs(2), full.probs(2)
   top = np.argsort(-ref, axis=1)[:, :3]
   np.testing.assert_allclose(np.take_along_axis(dense, top, 1),
@@ -77,15 +79,15 @@ def test_killed_half_way_then_resumed_equals_uninterrupted(digits_workdir, tmp_p
   monkeypatch.setattr(features, '_compute_shard', killed_after(real, 2))  # between shards
   with pytest.raises(KeyboardInterrupt):
     features.run(config, str(tmp_path))
-  out = features.store_dir(str(tmp_path), 'evaluation', 'train')
+  out = layout.features_dir(str(tmp_path), 'evaluation', 'train')
   assert sorted(os.listdir(os.path.join(out, 'shards'))) == [
       'inputs.json', 'shard-00000.npz', 'shard-00001.npz']
   open(os.path.join(out, 'shards', '.tmp-junk'), 'w').close()  # a write cut short.
   monkeypatch.setattr(features, '_compute_shard', real)
   features.run(config, str(tmp_path))
 
-  resumed = _store_arrays(features.FeatureStore(out))
-  reference = _store_arrays(features.open_store(config, workdir, 'evaluation', 'train'))
+  resumed = _store_arrays(feature_store.FeatureStore(out))
+  reference = _store_arrays(feature_store.open_store(config, workdir, 'evaluation', 'train'))
   for f in FIELDS:
     np.testing.assert_array_equal(resumed[f], reference[f], err_msg=f)
 
@@ -94,7 +96,7 @@ def test_features_of_another_checkpoint_are_refused(digits_workdir, tmp_path):
   config, workdir = digits_workdir
   config = config.copy_and_resolve_references()
   config.features.networks = ('evaluation',)
-  out = features.store_dir(workdir, 'evaluation', 'train')
+  out = layout.features_dir(workdir, 'evaluation', 'train')
   before = {f: os.path.getmtime(os.path.join(out, f)) for f in os.listdir(out)}
   # Pretend the classifier was retrained: its record now names other params.
   fake = tmp_path / 'fake'
@@ -105,10 +107,10 @@ def test_features_of_another_checkpoint_are_refused(digits_workdir, tmp_path):
   artifacts.atomic_write_json(str(fake / 'classifiers' / 'evaluation' / 'classifier.json'),
                               record)
   os.symlink(os.path.join(workdir, 'features'), fake / 'features')
-  with pytest.raises(artifacts.UserError, match='features fingerprint mismatch'):
+  with pytest.raises(ValueError, match='features fingerprint mismatch'):
     features.run(config, str(fake))
-  with pytest.raises(artifacts.UserError, match='features fingerprint mismatch'):
-    features.open_store(config, str(fake), 'evaluation', 'train')
+  with pytest.raises(ValueError, match='features fingerprint mismatch'):
+    feature_store.open_store(config, str(fake), 'evaluation', 'train')
   assert before == {f: os.path.getmtime(os.path.join(out, f)) for f in os.listdir(out)}
 
 

@@ -21,18 +21,17 @@ import optax
 
 from gadc_jax import artifacts
 from gadc_jax import encoders
+from gadc_jax import layout
 from gadc_jax import networks
+from gadc_jax import preemption
 from gadc_jax.data import input_pipeline
 from gadc_jax.training import checkpoints
+from gadc_jax.training import train_state
 
 
 def _init_state(model, tx, seed: int, image_shape) -> dict[str, Any]:
-  params = model.init(jax.random.PRNGKey(seed), jnp.zeros((1,) + tuple(image_shape)))
+  params = networks.init_params(model, seed, image_shape)
   return {'params': params, 'opt_state': tx.init(params), 'step': jnp.zeros((), jnp.int32)}
-
-
-def _optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  return optax.adamw(cfg.learning_rate, weight_decay=cfg.weight_decay)
 
 
 def _loss(params, model, images, labels):
@@ -62,12 +61,6 @@ def accuracy(model, params, images: np.ndarray, labels: np.ndarray, batch_size=1
   return correct / len(labels)
 
 
-def batch_indices(key: jax.Array, step: int, num_examples: int, batch_size: int) -> np.ndarray:
-  """The examples of a step: a function of (key, step) only, so a resumed run sees the same."""
-  perm = jax.random.permutation(jax.random.fold_in(key, step), num_examples)
-  return np.asarray(perm[:batch_size])
-
-
 def _inputs(config, name: str) -> dict[str, Any]:
   info = input_pipeline.split_info(config.data, config.classifier.train_split)
   return {
@@ -80,7 +73,7 @@ def _inputs(config, name: str) -> dict[str, Any]:
 
 def train_network(config: ml_collections.ConfigDict, workdir: str, name: str) -> dict:
   """Trains network `name` of config.networks (or returns its record if already trained)."""
-  out = networks.classifier_dir(workdir, name)
+  out = layout.classifier_dir(workdir, name)
   record_path = os.path.join(out, 'classifier.json')
   inputs = _inputs(config, name)
   expected = artifacts.fingerprint(inputs)
@@ -97,7 +90,7 @@ def train_network(config: ml_collections.ConfigDict, workdir: str, name: str) ->
   test = input_pipeline.load_split_arrays(config.data, cfg.eval_split)
   info = input_pipeline.split_info(config.data, cfg.train_split)
   model = encoders.build(net_cfg.arch, info.num_classes, **networks.module_kwargs(net_cfg))
-  tx = _optimizer(cfg)
+  tx = train_state.optimizer(cfg.learning_rate, cfg.weight_decay)
   state = _init_state(model, tx, net_cfg.seed, info.image_shape)
 
   ckpt = checkpoints.Checkpointer(os.path.join(out, 'checkpoints'), keep=1)
@@ -109,12 +102,16 @@ def train_network(config: ml_collections.ConfigDict, workdir: str, name: str) ->
   key = jax.random.PRNGKey(net_cfg.seed + 1)
   num = len(train['label'])
   for step in range(int(state['step']), cfg.steps):
-    idx = batch_indices(key, step, num, cfg.batch_size)
+    idx = train_state.batch_indices(key, step, num, cfg.batch_size)
     state, loss = train_step(state, train['image'][idx], train['label'][idx], model=model, tx=tx)
     if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
       writer.write_scalars(step + 1, {'train_loss': float(loss)})
-    if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+    stop = preemption.stop_agreed()
+    if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps or stop:
       ckpt.save(step + 1, state)
+    if stop:
+      ckpt.wait()
+      raise preemption.preempted(f'at step {step + 1} of classifier {name} ({out})')
   ckpt.wait()
 
   test_acc = accuracy(model, state['params'], test['image'], test['label'])
@@ -132,21 +129,6 @@ def train_network(config: ml_collections.ConfigDict, workdir: str, name: str) ->
   }
   artifacts.atomic_write_json(record_path, record)
   return record
-
-
-def restore_params(config, workdir: str, name: str, model, record: dict):
-  """The params of trained network `name`, checked against its record's fingerprint."""
-  out = networks.classifier_dir(workdir, name)
-  net_cfg = config.networks[name]
-  info = input_pipeline.split_info(config.data, config.classifier.train_split)
-  tx = _optimizer(config.classifier)
-  abstract = jax.eval_shape(lambda: _init_state(model, tx, net_cfg.seed, info.image_shape))
-  state = checkpoints.Checkpointer(os.path.join(out, 'checkpoints')).restore(
-      abstract, record['step'])
-  found = artifacts.array_fingerprint(state['params'])
-  artifacts.check_fingerprint(os.path.join(out, 'checkpoints'), record['params_fingerprint'],
-                              found, 'params')
-  return state['params']
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:

@@ -12,31 +12,37 @@ import numpy as np
 import pytest
 
 from gadc_jax import artifacts
-from gadc_jax.evaluation import sample
+from gadc_jax import defaults
+from gadc_jax import generator
+from gadc_jax import layout
+from gadc_jax import preemption
+from gadc_jax.diffusion import gaussian
+from gadc_jax.jobs import sample
+from gadc_jax.jobs import train
 from gadc_jax.training import checkpoints
-from gadc_jax.training import train
+from gadc_jax.training import loss as loss_lib
 from gadc_jax.training import train_state
 from tests.conftest import REPO, digits_config, killed_after
 
 
 def tiny_config(tfds_dir, **train_overrides):
   config = digits_config(tfds_dir)
-  config.train = train.default_config()
+  config.train = defaults.train()
   config.train.model_overrides = ml_collections.ConfigDict(
       {'depth': 1, 'hidden': 32, 'heads': 2})
   config.train.update({**dict(steps=6, batch_size=8, checkpoint_every=3, log_every=3,
                               grid_per_class=1), **train_overrides})
   config.train.sampler.steps = 5
-  config.sample = sample.default_config()
+  config.sample = defaults.sample()
   config.sample.update(dict(num_samples=12, batch_size=5))
   config.sample.sampler.steps = 5
   return config
 
 
 def _final_params(config, workdir):
-  _, params, _ = sample.load_ema_params(config, workdir)
+  _, params, _ = generator.restore_ema_params(config, workdir, 10, (8, 8, 1))
   state = checkpoints.Checkpointer(
-      os.path.join(train.run_dir(workdir, config), 'checkpoints')).manager
+      os.path.join(layout.train_dir(workdir, config), 'checkpoints')).manager
   return params, state.latest_step()
 
 
@@ -58,7 +64,7 @@ def test_kill_and_resume_is_bit_identical(tfds_dir, tmp_path, monkeypatch):
   resumed, step = _final_params(config, str(tmp_path / 'resumed'))
   assert step == 6
   jax.tree.map(np.testing.assert_array_equal, full, resumed)
-  grids = [f for f in os.listdir(train.run_dir(str(tmp_path / 'full'), config))
+  grids = [f for f in os.listdir(layout.train_dir(str(tmp_path / 'full'), config))
            if f.startswith('grid-')]
   assert grids == ['grid-0000006.png']
 
@@ -80,35 +86,35 @@ def test_sigterm_checkpoints_and_stops(tfds_dir, tmp_path, monkeypatch):
 
   monkeypatch.setattr(train_state, 'make_train_step', make)
   old = signal.getsignal(signal.SIGTERM)
-  try:
-    assert train.run(config, str(tmp_path)) == {}
-  finally:
-    signal.signal(signal.SIGTERM, old)
-  ckpt = checkpoints.Checkpointer(os.path.join(train.run_dir(str(tmp_path), config),
+  with preemption.sigterm_requests_stop():
+    with pytest.raises(preemption.Preempted, match='at step 2 of the train job'):
+      train.run(config, str(tmp_path))
+  assert signal.getsignal(signal.SIGTERM) is old  # the handler is removed again.
+  ckpt = checkpoints.Checkpointer(os.path.join(layout.train_dir(str(tmp_path), config),
                                                'checkpoints'))
   assert ckpt.latest_step == 2
-  assert not os.path.exists(os.path.join(train.run_dir(str(tmp_path), config),
+  assert not os.path.exists(os.path.join(layout.train_dir(str(tmp_path), config),
                                          'train.json'))
 
 
 _ONE_STEP = textwrap.dedent('''
     import sys
     sys.path.insert(0, {repo!r})
-    import jax, numpy as np, ml_collections, runpy
-    from gadc_jax.training import train, train_state
+    import jax, numpy as np, ml_collections
+    from gadc_jax import defaults, generator
+    from gadc_jax.training import loss, train_state
     from gadc_jax.diffusion import gaussian
-    config = runpy.run_path({repo!r} + '/configs/digits.py')['get_config']()
-    config.train = train.default_config()
-    config.train.model_overrides = ml_collections.ConfigDict(dict(depth=1, hidden=32, heads=2))
-    cfg = config.train
-    model = train.build_model(cfg, 10)
-    tx = train.optimizer(cfg)
+    cfg = defaults.train()
+    cfg.model_overrides = ml_collections.ConfigDict(dict(depth=1, hidden=32, heads=2))
+    model = generator.build_model(cfg, 10)
+    tx = train_state.optimizer(cfg.learning_rate, cfg.weight_decay)
     mesh = train_state.make_mesh({fsdp})
-    init = lambda: train.init_state(model, tx, jax.random.PRNGKey(0), (8, 8, 1))
+    init = lambda: train_state.create(
+        generator.init_params(model, jax.random.PRNGKey(0), (8, 8, 1)), tx)
     shardings = train_state.param_sharding(mesh, jax.eval_shape(init), min_size=64)
     state = jax.jit(init, out_shardings=shardings)()
     step = train_state.make_train_step(
-        train.make_loss_fn(model, cfg, gaussian.create_diffusion(), None), tx, 0.9, mesh,
+        loss.make_loss_fn(model, cfg, gaussian.create_diffusion(), None), tx, 0.9, mesh,
         shardings)
     rng = np.random.default_rng(0)
     batch = {{'x': rng.uniform(-1, 1, (16, 8, 8, 1)).astype(np.float32),
@@ -160,26 +166,26 @@ def test_sample_job_is_balanced_resumable_and_checked(tfds_dir, tmp_path):
     np.testing.assert_array_equal(z['images'], images)
   # Another model size cannot read this checkpoint: a clear error, nothing overwritten.
   config.train.model_overrides.hidden = 64
-  config.train.name = train.run_name(tiny_config(tfds_dir))
-  with pytest.raises(artifacts.UserError):
-    sample.load_ema_params(config, workdir)
+  config.train.name = layout.train_name(tiny_config(tfds_dir))
+  with pytest.raises(ValueError, match='does not fit the configured model'):
+    generator.restore_ema_params(config, workdir, 10, (8, 8, 1))
 
 
 def test_bad_input(tfds_dir, tmp_path):
   config = tiny_config(tfds_dir)
   config.train.model_overrides.patch = 3
-  with pytest.raises(artifacts.UserError, match='not divisible by the DiT patch size 3'):
+  with pytest.raises(ValueError, match='not divisible by the DiT patch size 3'):
     train.run(config, str(tmp_path / 'a'))
   config = tiny_config(tfds_dir, selection='elsewhere')
   folder = tmp_path / 'b' / 'selections' / 'elsewhere'
   os.makedirs(folder)
   artifacts.atomic_write_json(str(folder / 'selection.json'), {
       'fingerprint': 'x', 'inputs': {'dataset': ['imagenet2012', '5.1.0', 'train']}})
-  with pytest.raises(artifacts.UserError, match="was made on \\['imagenet2012'"):
+  with pytest.raises(ValueError, match="was made on \\['imagenet2012'"):
     train.run(config, str(tmp_path / 'b'))
   config = tiny_config(tfds_dir)
   config.train.space = 'latent'
-  with pytest.raises(artifacts.UserError, match='vae.checkpoint'):
+  with pytest.raises(ValueError, match='vae.checkpoint'):
     train.run(config, str(tmp_path / 'c'))
 
 
@@ -197,13 +203,11 @@ def test_repa_and_text_embeddings(tfds_dir, tmp_path):
 
   # The REPA term enters the loss with its weight, on the same noise draw.
   cfg = config.train
-  table = train.load_text_table(cfg)
-  model = train.build_model(cfg, 10, table)
+  table = generator.load_text_table(cfg)
+  model = generator.build_model(cfg, 10, table)
   assert model.text_tokens == 3 and model.text_dim == 5
-  params = train.init_state(model, train.optimizer(cfg), jax.random.PRNGKey(0), (8, 8, 1),
-                            table).params
-  from gadc_jax.diffusion import gaussian  # pylint: disable=g-import-not-at-top
-  loss_fn = train.make_loss_fn(model, cfg, gaussian.create_diffusion(), None, table)
+  params = generator.init_params(model, jax.random.PRNGKey(0), (8, 8, 1), table)
+  loss_fn = loss_lib.make_loss_fn(model, cfg, gaussian.create_diffusion(), None, table)
   batch = {'x': rng.uniform(-1, 1, (4, 8, 8, 1)).astype(np.float32),
            'y': np.arange(4, dtype=np.int32)}
   key = jax.random.PRNGKey(3)
@@ -219,5 +223,5 @@ def test_repa_needs_a_head(tfds_dir, tmp_path):
   np.save(str(tmp_path / 'repa.npy'), np.zeros((1437, 16, 6), np.float32))
   config = tiny_config(tfds_dir)
   config.train.repa.features = str(tmp_path / 'repa.npy')
-  with pytest.raises(artifacts.UserError, match='repa_depth'):
+  with pytest.raises(ValueError, match='repa_depth'):
     train.run(config, str(tmp_path / 'w'))

@@ -1,21 +1,27 @@
-"""The pipeline job: runs the jobs of `config.stages` in order, then prints a summary."""
+"""The pipeline job: runs the jobs of `config.stages` in order, then prints a summary.
 
-import importlib
+A stage stopped by SIGTERM stops the pipeline there (Preempted: exit 143); the same command
+run again skips the finished stages and resumes the stopped one.
+"""
+
 import os
 
 import ml_collections
 
 from gadc_jax import artifacts
 from gadc_jax import jobs
+from gadc_jax import layout
+from gadc_jax import preemption
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
+  stages = [s for s in jobs.JOBS if s != 'pipeline']
   for stage in config.stages:
-    if stage not in jobs.JOBS or stage == 'pipeline':
-      raise artifacts.UserError(f'unknown stage {stage!r} in config.stages; known: '
-                                + ', '.join(j for j in jobs.JOBS if j != 'pipeline'))
+    if stage not in stages:
+      raise ValueError(f'unknown stage {stage!r} in config.stages; known: {", ".join(stages)}')
   for stage in config.stages:
-    importlib.import_module(jobs.JOBS[stage]).run(config, workdir)
+    jobs.run(stage, config, workdir)
+    preemption.raise_if_agreed(f'after the {stage} stage of the pipeline')
   print(summary(config, workdir))
 
 
@@ -23,14 +29,14 @@ def summary(config: ml_collections.ConfigDict, workdir: str) -> str:
   """A human summary of what the stages wrote, with paths to open."""
   lines = [f'== gadc_jax pipeline: {workdir}']
   for name in config.classifier.networks:
-    path = os.path.join(workdir, 'classifiers', name, 'classifier.json')
+    path = os.path.join(layout.classifier_dir(workdir, name), 'classifier.json')
     if os.path.exists(path):
       rec = artifacts.read_json(path)
       lines.append(f'classifier {name:<11} {rec["arch"]:<11} test accuracy '
                    f'{rec["test_accuracy"]:.4f}  {os.path.dirname(path)}')
   for name in config.features.networks:
     for split in config.features.splits:
-      path = os.path.join(workdir, 'features', f'{name}-{split}', 'manifest.json')
+      path = os.path.join(layout.features_dir(workdir, name, split), 'manifest.json')
       if os.path.exists(path):
         man = artifacts.read_json(path)
         lines.append(f'features   {name}-{split}: {man["num_examples"]} images, '

@@ -1,0 +1,171 @@
+"""The diffusion model that config.train describes: build it, restore it, sample from it.
+
+Shared by the train job (its periodic sample grids) and the sample job: a DiT (Gaussian
+diffusion, DDPM or DDIM over a respaced schedule) or a SiT (transport, ODE or SDE), in pixel
+space or on SD-VAE latents, with classifier-free guidance and optional class text embeddings.
+"""
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from gadc_jax import artifacts
+from gadc_jax import layout
+from gadc_jax.diffusion import gaussian
+from gadc_jax.diffusion import guidance
+from gadc_jax.diffusion import transport as transport_lib
+from gadc_jax.models import convert
+from gadc_jax.models import dit as dit_lib
+from gadc_jax.models import vae as vae_lib
+from gadc_jax.training import checkpoints
+
+SAMPLERS = {'DiT': ('ddpm', 'ddim'), 'SiT': ('ode', 'sde')}
+
+
+def family(train_cfg) -> str:
+  """'DiT' or 'SiT': the model family of config.train.model."""
+  return 'SiT' if train_cfg.model.startswith('SiT') else 'DiT'
+
+
+def check_sampler(train_cfg, sampler_cfg) -> None:
+  """A ValueError unless the sampler fits the model family (ddpm/ddim for DiT, ode/sde SiT)."""
+  allowed = SAMPLERS[family(train_cfg)]
+  if sampler_cfg.method not in allowed:
+    raise ValueError(f'sampler {sampler_cfg.method!r} does not fit a {family(train_cfg)}; '
+                     f'use one of {", ".join(allowed)}')
+
+
+def model_space_shape(train_cfg, image_shape) -> tuple[int, int, int]:
+  """(h, w, c) the model sees: the images' own shape in pixel space, else SD-VAE latents."""
+  if train_cfg.space == 'pixel':
+    return tuple(image_shape)
+  if train_cfg.space == 'latent':
+    return vae_lib.latent_shape(image_shape, tuple(train_cfg.vae.channels))
+  raise ValueError(f"config.train.space {train_cfg.space!r} is not 'pixel' or 'latent'")
+
+
+def load_text_table(train_cfg) -> np.ndarray | None:
+  """The per-class text embeddings [num_classes, tokens, width] of config.train, or None."""
+  path = train_cfg.text_embeddings
+  if not path:
+    return None
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'text embeddings file {path} does not exist')
+  table = np.load(path).astype(np.float32)
+  if table.ndim != 3:
+    raise ValueError(f'{path} has shape {table.shape}; expected [num_classes, tokens, width]')
+  return table
+
+
+def build_model(train_cfg, num_classes: int,
+                text_table: np.ndarray | None = None) -> dit_lib.DiT:
+  text = {} if text_table is None else {'text_tokens': text_table.shape[1],
+                                        'text_dim': text_table.shape[2]}
+  return dit_lib.make_dit(train_cfg.model, num_classes=num_classes,
+                          class_dropout_prob=train_cfg.class_dropout,
+                          dtype=jnp.bfloat16 if train_cfg.bfloat16 else jnp.float32,
+                          **train_cfg.model_overrides.to_dict(), **text)
+
+
+def init_params(model: dit_lib.DiT, key: jax.Array, shape, text_table=None):
+  """The model's initial variables for inputs of model-space shape (h, w, c)."""
+  x = jnp.zeros((1,) + tuple(shape))
+  return model.init(key, x, jnp.zeros((1,)), jnp.zeros((1,), jnp.int32), train=False,
+                    text_table=text_table)
+
+
+def load_vae(train_cfg):
+  """(SD-VAE module, params) from config.train.vae.checkpoint (a local diffusers file)."""
+  if not train_cfg.vae.checkpoint:
+    raise ValueError('config.train.space is latent: set config.train.vae.checkpoint to a '
+                     'local diffusers AutoencoderKL weights file')
+  model = vae_lib.AutoencoderKL(channels=tuple(train_cfg.vae.channels))
+  params = convert.vae_from_diffusers(convert.load_torch_state_dict(train_cfg.vae.checkpoint),
+                                      model)
+  return model, params
+
+
+def restore_ema_params(config, workdir: str, num_classes: int, image_shape):
+  """(model, EMA params, train record) of the finished train run that config.train names.
+
+  Only the EMA parameters are read from the checkpoint: no optimizer is built.
+  """
+  cfg = config.train
+  out = layout.train_dir(workdir, config)
+  done = os.path.join(out, 'train.json')
+  if not os.path.exists(done):
+    raise FileNotFoundError(f'no finished training run in {out}; run the train job first')
+  record = artifacts.read_json(done)
+  text_table = load_text_table(cfg)
+  model = build_model(cfg, num_classes, text_table)
+  abstract = jax.eval_shape(lambda: init_params(
+      model, jax.random.PRNGKey(0), model_space_shape(cfg, image_shape), text_table))
+  ema = checkpoints.Checkpointer(os.path.join(out, 'checkpoints')).restore_field(
+      'ema_params', abstract, record['step'])
+  artifacts.check_fingerprint(out, record['ema_fingerprint'], artifacts.array_fingerprint(ema),
+                              'EMA params')
+  return model, ema, record
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'sampler', 'sit', 'pixel', 'shape',
+                                              'num_classes', 'transport_path'))
+def _sample(params, labels, key, text_table, *, model, sampler, sit: bool, pixel: bool, shape,
+            num_classes: int, transport_path: str):
+  """Model-space samples [B, *shape] for labels [B]; sampler = (method, steps, scale, k)."""
+  method, steps, scale, guided_channels = sampler
+
+  def apply_fn(x, t, y):
+    out = model.apply(params, x, t, y, train=False, text_table=text_table)
+    return out[0] if isinstance(out, tuple) else out  # drop REPA extras.
+
+  if scale == 1.0:
+    model_fn = lambda x, t: apply_fn(x, t, labels)
+  else:
+    guided = guidance.cfg_model_fn(apply_fn, scale, num_classes, guided_channels or None)
+    model_fn = lambda x, t: guided(x, t, labels)
+  k_init, k_loop = jax.random.split(key)
+  x_init = jax.random.normal(k_init, (labels.shape[0],) + shape)
+  if sit:
+    transport = transport_lib.create_transport(transport_path)
+    if method == 'ode':
+      return transport.ode_sample(model_fn, x_init, steps)
+    return transport.sde_sample(model_fn, x_init, steps, k_loop)
+  diffusion = gaussian.create_diffusion(str(steps))
+  if method == 'ddpm':
+    return diffusion.p_sample_loop(model_fn, x_init, k_loop, clip_denoised=pixel)
+  return diffusion.ddim_sample_loop(model_fn, x_init, k_loop, clip_denoised=pixel)
+
+
+def generate(train_cfg, model, params, labels, key: jax.Array,
+             sampler_cfg: ml_collections.ConfigDict, num_classes: int, image_shape,
+             text_table=None, vae=None) -> np.ndarray:
+  """uint8 images [B, H, W, C] for `labels` [B], from a model trained as config.train says.
+
+  Args:
+    train_cfg: config.train of the run (model family, space, VAE scale, transport path).
+    model, params: the DiT / SiT and its (EMA) parameters.
+    labels: [B] int class labels (a numpy or a sharded jax array).
+    key: PRNG key of the initial noise and the sampler's noise.
+    sampler_cfg: a `defaults.sampler()` section.
+    num_classes: the classes of the model (the null class of guidance is this index).
+    image_shape: (H, W, C) of the images the model was trained on.
+    text_table: the class text embeddings, if the model uses them.
+    vae: (module, params) of the SD-VAE for latent models.
+  """
+  check_sampler(train_cfg, sampler_cfg)
+  pixel = train_cfg.space == 'pixel'
+  sampler = (sampler_cfg.method, int(sampler_cfg.steps), float(sampler_cfg.cfg_scale),
+             int(sampler_cfg.guided_channels))
+  x = _sample(params, jnp.asarray(labels, jnp.int32), key, text_table, model=model,
+              sampler=sampler, sit=family(train_cfg) == 'SiT', pixel=pixel,
+              shape=model_space_shape(train_cfg, image_shape), num_classes=num_classes,
+              transport_path=train_cfg.transport_path)
+  if not pixel:
+    vae_model, vae_params = vae
+    x = vae_model.apply(vae_params, x / train_cfg.vae.scale, method='decode')
+  return np.asarray(jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255), np.uint8)
+

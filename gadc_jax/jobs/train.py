@@ -1,0 +1,159 @@
+"""The train job: a DiT (Gaussian diffusion) or SiT (transport) on a selection or a split.
+
+    WORKDIR/train/NAME/
+      inputs.json          what the run trains on and with (fingerprint checked on resume)
+      data.npz             the training set in model space (pixels in [-1, 1], or SD-VAE
+                           latent moments), with labels; built once
+      checkpoints/         orbax: every `checkpoint_every` steps, at the end and on SIGTERM
+      events.out.tfevents  CLU metrics: loss terms, steps/s, images/s
+      grid-STEP.png        periodic EMA sample grids, a row per class
+      train.json           written when the last step is done
+
+Batches are a pure function of (seed, step), and the noise keys are folded with the step, so
+a killed run resumes to the same parameters as an uninterrupted one. On SIGTERM every host
+checkpoints the same step and the job raises Preempted (main.py exits 143).
+"""
+
+import os
+import time
+
+from absl import logging
+from clu import metric_writers
+from clu import periodic_actions
+import jax
+import ml_collections
+import numpy as np
+
+from gadc_jax import artifacts
+from gadc_jax import generator
+from gadc_jax import layout
+from gadc_jax import preemption
+from gadc_jax import report
+from gadc_jax.data import input_pipeline
+from gadc_jax.diffusion import gaussian
+from gadc_jax.diffusion import transport as transport_lib
+from gadc_jax.training import checkpoints
+from gadc_jax.training import dataset as dataset_lib
+from gadc_jax.training import loss as loss_lib
+from gadc_jax.training import train_state
+
+
+def _check_config(cfg) -> None:
+  generator.check_sampler(cfg, cfg.sampler)
+  if cfg.repa.features and not cfg.model_overrides.get('repa_depth', 0):
+    raise ValueError('config.train.repa.features is set but the model has no REPA head: set '
+                     'config.train.model_overrides.repa_depth (e.g. 8)')
+
+
+def _inputs(config, description: dict, image_shape) -> dict:
+  cfg = config.train
+  keys = ('model', 'model_overrides', 'space', 'steps', 'batch_size', 'learning_rate',
+          'weight_decay', 'ema_decay', 'class_dropout', 'flip', 'seed', 'bfloat16',
+          'transport_path', 'text_embeddings', 'repa')
+  inputs = {k: cfg[k].to_dict() if hasattr(cfg[k], 'to_dict') else cfg[k] for k in keys}
+  inputs.update(description, image_shape=list(image_shape))
+  if cfg.space == 'latent':
+    inputs['vae'] = cfg.vae.to_dict()
+  return inputs
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  cfg = config.train
+  _check_config(cfg)
+  out = layout.train_dir(workdir, config)
+  info = input_pipeline.split_info(config.data, cfg.split)
+  positions, labels, description = dataset_lib.training_positions(config, workdir)
+  shape = generator.model_space_shape(cfg, info.image_shape)
+  inputs = _inputs(config, description, shape)
+  expected = artifacts.fingerprint(inputs)
+  done_path = os.path.join(out, 'train.json')
+  record = artifacts.finished_or_start(done_path, os.path.join(out, 'inputs.json'), expected,
+                                       inputs, 'training run')
+  if record is not None:
+    logging.info('training %s already finished; skipping.', out)
+    return record
+
+  vae = generator.load_vae(cfg) if cfg.space == 'latent' else None
+  text_table = generator.load_text_table(cfg)
+  model = generator.build_model(cfg, info.num_classes, text_table)
+  # The patch must divide the image; fail before any work rather than inside the step.
+  jax.eval_shape(lambda: generator.init_params(model, jax.random.PRNGKey(0), shape, text_table))
+  data_path = os.path.join(out, 'data.npz')
+  if os.path.exists(data_path):
+    data = dataset_lib.load(data_path)
+  else:
+    data = dataset_lib.build_training_set(config, positions, labels, vae)
+    if jax.process_index() == 0:
+      dataset_lib.save(data_path, data)
+  logging.info('training %s on %d images %s', cfg.model, len(data.labels), data.x.shape[1:])
+
+  tx = train_state.optimizer(cfg.learning_rate, cfg.weight_decay)
+  mesh = train_state.make_mesh(cfg.fsdp)
+  # Separate streams: the model's init and per-step noise, the batches, the flips.
+  key, batch_key, flip_key = jax.random.split(jax.random.PRNGKey(cfg.seed), 3)
+  init = lambda: train_state.create(
+      generator.init_params(model, key, shape, text_table), tx)
+  shardings = train_state.param_sharding(mesh, jax.eval_shape(init))
+  ckpt = checkpoints.Checkpointer(os.path.join(out, 'checkpoints'))
+  if ckpt.latest_step is not None:
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            jax.eval_shape(init), shardings)
+    state = ckpt.restore(abstract)
+    logging.info('resuming %s at step %d', out, int(state.step))
+  else:
+    state = jax.jit(init, out_shardings=shardings)()
+
+  sit = generator.family(cfg) == 'SiT'
+  diffusion = None if sit else gaussian.create_diffusion()
+  transport = transport_lib.create_transport(cfg.transport_path) if sit else None
+  step_fn = train_state.make_train_step(
+      loss_lib.make_loss_fn(model, cfg, diffusion, transport, text_table), tx, cfg.ema_decay,
+      mesh, shardings)
+  global_sharding = train_state.batch_sharding(mesh)
+  writer = metric_writers.create_default_writer(out, just_logging=jax.process_index() > 0)
+  start = int(state.step)
+  progress = periodic_actions.ReportProgress(num_train_steps=cfg.steps, writer=writer)
+  t0, last_logged = time.time(), start
+  for step in range(start, cfg.steps):
+    idx = train_state.batch_indices(batch_key, step, len(data.labels), cfg.batch_size)
+    flips = jax.random.fold_in(flip_key, step) if cfg.flip else None
+    local = dataset_lib.host_batch(data, idx, flips)
+    batch = jax.tree.map(
+        lambda a: jax.make_array_from_process_local_data(global_sharding, a), local)
+    state, metrics = step_fn(state, batch, key)
+    progress(step + 1)
+    if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+      seconds = time.time() - t0
+      scalars = {k: float(v) for k, v in metrics.items()}
+      scalars['steps_per_sec'] = (step + 1 - last_logged) / seconds
+      scalars['images_per_sec'] = scalars['steps_per_sec'] * cfg.batch_size
+      writer.write_scalars(step + 1, scalars)
+      t0, last_logged = time.time(), step + 1
+    stop = preemption.stop_agreed()
+    if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps or stop:
+      ckpt.save(step + 1, state)
+    if cfg.sample_every and (step + 1) % cfg.sample_every == 0:
+      _write_grid(cfg, model, state.ema_params, info, text_table, vae, out, step + 1)
+    if stop:
+      ckpt.wait()
+      raise preemption.preempted(f'at step {step + 1} of the train job ({out})')
+  ckpt.wait()
+  writer.flush()
+  if not cfg.sample_every or cfg.steps % cfg.sample_every:
+    _write_grid(cfg, model, state.ema_params, info, text_table, vae, out, cfg.steps)
+  record = {'fingerprint': expected, 'inputs': inputs, 'step': cfg.steps,
+            'ema_fingerprint': artifacts.array_fingerprint(state.ema_params),
+            'num_images': int(len(data.labels))}
+  if jax.process_index() == 0:
+    artifacts.atomic_write_json(done_path, record)
+  return record
+
+
+def _write_grid(cfg, model, params, info, text_table, vae, out: str, step: int) -> None:
+  """EMA samples of up to 10 classes, grid_per_class each, as grid-STEP.png."""
+  labels = np.repeat(np.arange(min(info.num_classes, 10)), cfg.grid_per_class)
+  images = generator.generate(cfg, model, params, labels, jax.random.PRNGKey(cfg.seed + 2),
+                              cfg.sampler, info.num_classes, info.image_shape, text_table, vae)
+  if jax.process_index() == 0:
+    rows = np.split(images, len(images) // cfg.grid_per_class)
+    report.save_image_grid(rows, os.path.join(out, f'grid-{step:07d}.png'))

@@ -1,0 +1,79 @@
+"""Where each artifact lives under the workdir, as pure functions of the config.
+
+    WORKDIR/classifiers/NETWORK/            train_classifier
+    WORKDIR/features/NETWORK-SPLIT/         features
+    WORKDIR/selections/SELECTION/           select
+    WORKDIR/train/RUN/                      train
+    WORKDIR/samples/RUN/                    sample
+    WORKDIR/eval/RUN.json, eval/RUN/        evaluate
+    WORKDIR/eval_cache/                     evaluate (reference embeddings)
+
+A job finds the artifacts of the jobs before it through these names, never through another
+job's module.
+"""
+
+import os
+
+
+def classifier_dir(workdir: str, network: str) -> str:
+  return os.path.join(workdir, 'classifiers', network)
+
+
+def features_dir(workdir: str, network: str, split: str) -> str:
+  return os.path.join(workdir, 'features', f'{network}-{split}')
+
+
+def selection_name(select_cfg) -> str:
+  """config.select's folder name: METHOD-BUDGET-seedSEED unless select.name is set."""
+  budget = str(select_cfg.budget).replace('/', 'per')
+  return select_cfg.name or f'{select_cfg.method}-{budget}-seed{select_cfg.seed}'
+
+
+def selection_dir(workdir: str, name: str) -> str:
+  return os.path.join(workdir, 'selections', name)
+
+
+def trained_selection(config) -> str:
+  """The selection folder config.train trains on ('' for the whole split)."""
+  if config.train.selection == '@select':
+    return selection_name(config.select)
+  return config.train.selection
+
+
+def train_name(config) -> str:
+  cfg = config.train
+  return cfg.name or f'{cfg.model.replace("/", "_")}-{trained_selection(config) or cfg.split}'
+
+
+def train_dir(workdir: str, config) -> str:
+  return os.path.join(workdir, 'train', train_name(config))
+
+
+def samples_name(config) -> str:
+  return config.sample.name or train_name(config)
+
+
+def samples_dir(workdir: str, config) -> str:
+  return os.path.join(workdir, 'samples', samples_name(config))
+
+
+def samples_file(workdir: str, config) -> str:
+  """The samples .npz the sample job of `config` writes."""
+  return os.path.join(samples_dir(workdir, config), 'samples.npz')
+
+
+def eval_name(config) -> str:
+  return config.evaluate.out_name or samples_name(config)
+
+
+def eval_path(workdir: str, name: str) -> str:
+  return os.path.join(workdir, 'eval', f'{name}.json')
+
+
+def eval_cache_dir(workdir: str) -> str:
+  return os.path.join(workdir, 'eval_cache')
+
+
+def resolve(workdir: str, path: str) -> str:
+  """A user-given path: absolute as is, relative ones under the workdir."""
+  return path if os.path.isabs(path) else os.path.join(workdir, path)

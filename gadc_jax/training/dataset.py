@@ -1,0 +1,100 @@
+"""The training set of a diffusion run, in model space, and its per-step batches.
+
+The images a run trains on (a selection, or a whole split) are read once and put in model
+space: pixels in [-1, 1], or the SD-VAE posterior moments of each image (a fresh latent is
+drawn from them every step, as DiT trains). Batches are a function of (seed, step) alone.
+"""
+
+import os
+from typing import NamedTuple
+
+import jax
+import numpy as np
+
+from gadc_jax import artifacts
+from gadc_jax import layout
+from gadc_jax import networks
+from gadc_jax.data import input_pipeline
+
+
+class TrainingSet(NamedTuple):
+  """The training images in model space. x: [N, h, w, c] (pixels in [-1, 1]) or, for
+  latents, the SD-VAE posterior moments `mean` and `logvar`; labels [N] int32; repa: the
+  REPA targets [N, tokens, width] or None."""
+  x: np.ndarray
+  logvar: np.ndarray | None
+  labels: np.ndarray
+  repa: np.ndarray | None
+
+
+def training_positions(config, workdir: str) -> tuple[np.ndarray, np.ndarray, dict]:
+  """(positions in the split, labels, description) of the images to train on."""
+  cfg = config.train
+  info = input_pipeline.split_info(config.data, cfg.split)
+  dataset = [info.dataset, info.version, info.split]
+  selection = layout.trained_selection(config)
+  if not selection:  # the whole split (it is held in memory: meant for small sets).
+    labels = input_pipeline.load_split_arrays(config.data, cfg.split)['label']
+    return np.arange(info.num_examples), labels, {'dataset': dataset}
+  folder = layout.selection_dir(workdir, selection)
+  summary = artifacts.read_json(os.path.join(folder, 'selection.json'))
+  if summary['inputs'].get('dataset') != dataset:
+    raise ValueError(
+        f'selection {folder} was made on {summary["inputs"].get("dataset")}, but config.data '
+        f'and config.train.split give {dataset}')
+  with np.load(os.path.join(folder, 'selection.npz')) as z:
+    positions, labels = z['positions'], z['labels']
+  return positions, labels, {'dataset': dataset, 'selection': summary['fingerprint']}
+
+
+def build_training_set(config, positions: np.ndarray, labels: np.ndarray,
+                       vae=None) -> TrainingSet:
+  """Reads the images once and puts them in model space (encoding latents in batches)."""
+  cfg = config.train
+  xs, logvars = [], []
+  chunk = 256
+  for i in range(0, len(positions), chunk):
+    images = input_pipeline.read_examples(config.data, cfg.split, positions[i:i + chunk])
+    pixels = np.asarray(networks.to_unit_range(images['image']))
+    if vae is None:
+      xs.append(pixels)
+    else:
+      model, params = vae
+      mean, logvar = jax.jit(lambda p, x: model.apply(p, x, method='encode'))(params, pixels)
+      xs.append(np.asarray(mean))
+      logvars.append(np.asarray(logvar))
+  repa = None
+  if cfg.repa.features:
+    if not os.path.exists(cfg.repa.features):
+      raise FileNotFoundError(f'REPA features file {cfg.repa.features} does not exist')
+    repa = np.asarray(np.load(cfg.repa.features, mmap_mode='r')[positions], np.float32)
+  return TrainingSet(np.concatenate(xs), np.concatenate(logvars) if logvars else None,
+                     np.asarray(labels, np.int32), repa)
+
+
+def save(path: str, data: TrainingSet) -> None:
+  """Writes a training set as .npz (atomically), so that a resumed run reads it back."""
+  extra = {k: v for k, v in (('logvar', data.logvar), ('repa', data.repa)) if v is not None}
+  artifacts.atomic_write_npz(path, x=data.x, labels=data.labels, **extra)
+
+
+def load(path: str) -> TrainingSet:
+  with np.load(path) as z:
+    return TrainingSet(z['x'], z['logvar'] if 'logvar' in z.files else None, z['labels'],
+                       z['repa'] if 'repa' in z.files else None)
+
+
+def host_batch(data: TrainingSet, idx: np.ndarray, flip_key: jax.Array | None) -> dict:
+  """This host's rows of a global batch `idx` (hosts take equal contiguous slices)."""
+  rows = input_pipeline.host_shard(len(idx))
+  idx = idx[rows.start:rows.stop]
+  batch = {'x': data.x[idx], 'y': data.labels[idx]}
+  for name in ('logvar', 'repa'):
+    if getattr(data, name) is not None:
+      batch[name] = getattr(data, name)[idx]
+  if flip_key is not None:
+    flip = np.asarray(jax.random.bernoulli(flip_key, 0.5, (len(idx),)))
+    for k in ('x', 'logvar'):
+      if k in batch:
+        batch[k] = np.where(flip[:, None, None, None], batch[k][:, :, ::-1], batch[k])
+  return batch

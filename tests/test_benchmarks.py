@@ -1,0 +1,162 @@
+"""Every benchmarks/*.py runs as its docstring says: `python benchmarks/NAME.py [...]` from the
+repository root of a checkout with nothing installed (no PYTHONPATH, gadc_jax not installed),
+and prints one JSON object as its last line.
+
+Each benchmark runs once with tiny arguments (a few seconds of work; compilation is most of
+it). A new benchmark must be added to RUNS: test_every_benchmark_has_tiny_arguments fails
+until it is.
+"""
+
+import ast
+import glob
+import importlib.util
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from typing import Callable, NamedTuple, Sequence
+
+import pytest
+
+from tests.conftest import REPO
+
+_TIMEOUT_S = 600  # a hang fails instead of blocking the suite.
+
+
+class Run(NamedTuple):
+  args: Sequence[str]
+  keys: frozenset  # keys the last line's JSON object must have.
+  slow: bool = False  # over ~30 s on the 2-core CPU.
+  check: Callable[[dict], None] = lambda record: None  # further checks of the record.
+
+
+def _torch_side_available() -> bool:
+  return all(importlib.util.find_spec(m) is not None for m in ('torch', 'diffusers'))
+
+
+def _check_features(record: dict) -> None:
+  assert [r['dtype'] for r in record['results']] == ['float32']
+  assert record['results'][0]['images_per_s'] > 0
+
+
+def _check_fid(record: dict) -> None:
+  assert record['fid_n'] == 64 and record['pr_n'] == 32 and record['dim'] == 16
+  assert math.isfinite(record['fid']) and 0 <= record['precision'] <= 1
+
+
+def _check_select(record: dict) -> None:
+  assert len(record['indices']) == 10 and math.isfinite(record['objective'])
+  assert isinstance(record['objective_converged'], bool)
+
+
+def _check_train(record: dict) -> None:
+  assert record['jax_steps_per_s'] > 0
+  # The PyTorch side runs in a child process when torch and diffusers are installed.
+  if _torch_side_available():
+    assert record['torch_steps_per_s'] > 0 and record['ratio'] > 0
+  else:
+    assert record['torch_steps_per_s'] is None and record['ratio'] is None
+
+
+def _check_mfu(record: dict) -> None:
+  assert record['model'] == 'DiT-S/2' and record['forward_gflops'] > 0 and record['mfu'] > 0
+
+
+RUNS = {
+    'features_bench.py': [Run(
+        ['--batch', '1', '--iters', '1', '--size', '75', '--dtypes', 'float32'],
+        frozenset({'benchmark', 'platform', 'device', 'results'}), check=_check_features)],
+    'fid_bench.py': [Run(
+        ['--fid_n=64', '--pr_n=32', '--dim=16'],
+        frozenset({'device', 'cpu_count', 'dim', 'fid_n', 'fid_seconds', 'fid', 'pr_n',
+                   'pr_seconds', 'precision', 'recall'}), check=_check_fid)],
+    'select_bench.py': [Run(
+        ['--repeats', '1', '--budgets', '10', '--batch', '1', '--no-exhaustive'],
+        frozenset({'greedy_s', 'refine_s', 'total_s', 'compile_s', 'objective',
+                   'objective_converged', 'indices', 'classes_per_s', 'device'}),
+        slow=True, check=_check_select)],
+    'train_bench.py': [
+        Run(['--steps', '1', '--batch', '2'],
+            frozenset({'device', 'batch', 'jax_steps_per_s', 'torch_steps_per_s', 'ratio'}),
+            slow=True, check=_check_train),
+        Run(['--mfu', '--peak_tflops', '1', '--model', 'DiT-S/2', '--batch', '2', '--steps', '1'],
+            frozenset({'device', 'model', 'batch', 'steps_per_s', 'forward_gflops', 'mfu'}),
+            slow=True, check=_check_mfu),
+    ],
+}
+
+
+def _scripts() -> list[str]:
+  return sorted(os.path.basename(p) for p in glob.glob(os.path.join(REPO, 'benchmarks', '*.py')))
+
+
+def _clean_env() -> dict:
+  """This environment without PYTHONPATH: the benchmark must find gadc_jax itself."""
+  return {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+
+
+def _run(script: str, args: Sequence[str]) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, f'benchmarks/{script}', *args], cwd=REPO,
+                        env=_clean_env(), capture_output=True, text=True, timeout=_TIMEOUT_S)
+
+
+def _params():
+  params = []
+  for script in _scripts():
+    for i, run in enumerate(RUNS.get(script, [])):
+      params.append(pytest.param(script, run, id=f'{script}-{i}',
+                                 marks=[pytest.mark.slow] if run.slow else []))
+  return params
+
+
+def test_every_benchmark_has_tiny_arguments():
+  scripts = _scripts()
+  assert scripts, 'no benchmarks/*.py found'
+  missing = [s for s in scripts if not RUNS.get(s)]
+  assert not missing, f'add tiny arguments for {missing} to RUNS in {__file__}'
+  stale = sorted(set(RUNS) - set(scripts))
+  assert not stale, f'RUNS names benchmarks that do not exist: {stale}'
+
+
+@pytest.mark.parametrize('script,run', _params())
+def test_benchmark_runs_and_prints_json(script, run):
+  result = _run(script, run.args)
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = result.stdout.strip().splitlines()
+  assert lines, f'no output; stderr: {result.stderr[-2000:]}'
+  record = json.loads(lines[-1])
+  assert isinstance(record, dict), lines[-1]
+  assert run.keys <= set(record), f'missing keys {sorted(run.keys - set(record))}'
+  run.check(record)
+
+
+def _usage(script: str) -> list[str]:
+  """The docstring's usage lines: `python benchmarks/...` and their indented continuations."""
+  with open(os.path.join(REPO, 'benchmarks', script)) as f:
+    doc = ast.get_docstring(ast.parse(f.read())) or ''
+  lines, inside = [], False
+  for line in doc.splitlines():
+    if line.strip().startswith('python '):
+      lines.append(line.strip())
+      inside = True
+    elif inside and line.startswith('        ') and line.strip().startswith('['):
+      lines[-1] += ' ' + line.strip()
+    else:
+      inside = False
+  return lines
+
+
+@pytest.mark.parametrize('script', _scripts())
+def test_docstring_usage_names_real_flags(script):
+  usage = _usage(script)
+  assert usage, f'benchmarks/{script} has no `python benchmarks/{script} ...` usage line'
+  result = _run(script, ['--help'])
+  # argparse exits 0 after --help, absl (fid_bench) exits 1.
+  assert result.returncode in (0, 1) and 'Traceback' not in result.stderr, result.stderr[-2000:]
+  known = set(re.findall(r'--([A-Za-z][\w-]*)', result.stdout))
+  for line in usage:
+    assert line.startswith(f'python benchmarks/{script}'), line
+    used = set(re.findall(r'--([A-Za-z][\w-]*)', line))
+    assert used <= known, f'{line!r} names flags --help does not know: {sorted(used - known)}'
