@@ -52,7 +52,14 @@ class Checkpointer:
         partial_restore=True)
     # A manager that has saved holds a Standard handler for the item; a fresh one takes any.
     reader = ocp.CheckpointManager(self.directory)
-    return self._checked(step, lambda: reader.restore(step, args=args)[field])
+    restored = self._checked(step, lambda: reader.restore(step, args=args)[field])
+    # A partial restore takes the saved shapes as they are: compare them with the model's.
+    want = jax.tree.map(lambda a: tuple(a.shape), abstract)
+    found = jax.tree.map(lambda a: tuple(a.shape), restored)
+    if want != found:
+      raise ValueError(f'checkpoint {self.directory}/{step} does not fit the configured model: '
+                       f'its {field} have other shapes or another tree')
+    return restored
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
