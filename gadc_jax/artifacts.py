@@ -18,6 +18,7 @@ import os
 import tempfile
 from typing import Any, Iterator, Mapping
 
+from absl import logging
 import jax
 import numpy as np
 
@@ -147,7 +148,7 @@ def exclusive(folder: str) -> Iterator[None]:
   if jax.process_index() != 0:
     yield
     return
-  os.makedirs(folder, exist_ok=True)
+  ensure_writable_dir(folder, 'folder')
   with open(os.path.join(folder, '.lock'), 'a') as lock:
     try:
       fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -179,29 +180,48 @@ def check_fingerprint(path: str, expected: str, found: str, what: str) -> None:
 
 
 def finished_or_start(done_path: str, started_path: str, expected: str,
-                      inputs: Mapping[str, Any], what: str) -> dict | None:
+                      inputs: Mapping[str, Any], what: str,
+                      work_dir: str | None = None) -> dict | None:
   """The resumable-job handshake every job does before it works.
 
   Returns the finished record at `done_path` (refused if made from other inputs), or None
   after checking that work already started in this folder came from the same inputs (or, on
-  host 0, recording at `started_path` that it starts now).
+  host 0, recording at `started_path` that it starts now). Work is what `work_dir` (default:
+  the folder of `started_path`) holds besides that record, the lock and temporary files: a
+  try that failed before doing any binds the folder to nothing, so a run with other inputs
+  starts afresh instead of being refused.
   """
   if os.path.exists(done_path):
     record = read_json(done_path)
     check_fingerprint(done_path, expected, record['fingerprint'], what)
     return record
   if os.path.exists(started_path):
-    check_fingerprint(started_path, expected, read_json(started_path)['fingerprint'], what)
-  elif jax.process_index() == 0:
+    found = read_json(started_path)['fingerprint']
+    if found == expected:
+      return None
+    if _holds_work(work_dir or os.path.dirname(started_path), started_path):
+      check_fingerprint(started_path, expected, found, what)
+    logging.info('%s: the try with other inputs left no work; starting afresh', started_path)
+  if jax.process_index() == 0:
     atomic_write_json(started_path, {'fingerprint': expected, 'inputs': inputs})
   return None
 
 
-def ensure_writable_dir(path: str) -> None:
-  """Creates `path` if needed; a PermissionError naming it when it cannot be written."""
+def _holds_work(folder: str, started_path: str) -> bool:
+  """Whether `folder` holds anything a job made besides its record of having started."""
+  if not os.path.isdir(folder):
+    return False
+  bookkeeping = {os.path.basename(started_path), '.lock'}
+  return any(name not in bookkeeping and not name.startswith('.tmp-')
+             for name in os.listdir(folder))
+
+
+def ensure_writable_dir(path: str, what: str = 'workdir') -> None:
+  """Creates `path` if needed; a PermissionError naming it (`what` says what it is) when it
+  cannot be written."""
   try:
     os.makedirs(path, exist_ok=True)
   except OSError as e:
-    raise PermissionError(f'workdir {path} cannot be created ({e.strerror})') from None
+    raise PermissionError(f'{what} {path} cannot be created ({e.strerror})') from None
   if not os.access(path, os.W_OK | os.X_OK):
-    raise PermissionError(f'workdir {path} is not writable')
+    raise PermissionError(f'{what} {path} is not writable')

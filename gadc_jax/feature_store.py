@@ -3,14 +3,17 @@
 Written by the features job, read by the select job (and anything that needs features):
 
     WORKDIR/features/NETWORK-SPLIT/
-      manifest.json          inputs, fingerprint, offsets; written last (the "complete" mark)
+      manifest.json          inputs, fingerprint, offsets, size and checksum of each .npy;
+                             written last (the "complete" mark)
       features.npy [N, D]    float32
       probs.npy [N, K]       float32 (or topk_probs.npy / topk_classes.npy [N, k])
       ce.npy, entropy.npy, maxprob.npy [N] float32
       labels.npy [N] int32, positions.npy [N] int64, ids.npy [N] str
 
 Rows are sorted by class, then position in the split, so that class c is the contiguous row
-range offsets[c]:offsets[c+1] and can be memory-mapped at ImageNet scale.
+range offsets[c]:offsets[c+1] and can be memory-mapped at ImageNet scale. Opening a store
+checks the size of each file against the manifest (reading every byte for a checksum would
+cost minutes at ImageNet scale on every open; the features job checks the checksums).
 """
 
 import os
@@ -27,7 +30,8 @@ from gadc_jax.data import input_pipeline
 
 
 class FeatureStore:
-  """Read access to a finished features directory (see the module docstring)."""
+  """Read access to a finished features directory (see the module docstring); a ValueError
+  naming the file when one is missing or of another size than written."""
 
   def __init__(self, path: str):
     manifest_path = os.path.join(path, 'manifest.json')
@@ -36,6 +40,10 @@ class FeatureStore:
           f'no finished features in {path}; run the features job for it first')
     self.path = path
     self.manifest = artifacts.read_json(manifest_path)
+    if 'files' not in self.manifest:
+      raise ValueError(f'{manifest_path} records no sizes of its files (an older version wrote '
+                       'it); remove the folder and run the features job again')
+    artifacts.verify_files(path, self.manifest['files'], 'features', checksums=False)
     self.offsets = np.asarray(self.manifest['offsets'], np.int64)
 
   @property
@@ -88,13 +96,15 @@ def per_image(features: np.ndarray, logits: np.ndarray, labels: np.ndarray,
 
 def expected_inputs(config: ml_collections.ConfigDict, workdir: str, network: str,
                     split: str) -> dict[str, Any]:
-  """What a store's content depends on: dataset, preprocessing, checkpoint, options."""
+  """What a store's content depends on: dataset, preprocessing, the network's settings and
+  checkpoint, options."""
   info = input_pipeline.split_info(config.data, split)
   record = networks.network_record(config, workdir, network)
   return {
       'dataset': [info.dataset, info.version, info.split, info.num_examples],
       'image_size': config.data.image_size,
       'network': network,
+      'network_settings': networks.settings(config.networks[network]),
       'input_spec': list(networks.input_spec(config.networks[network])),
       'arch': record['arch'],
       'num_model_classes': record['num_classes'],

@@ -8,8 +8,9 @@ argument of the module. Every network maps uint8 images to (features, logits[, e
 """
 
 import functools
+import json
 import os
-from typing import Any
+from typing import Any, Iterable
 
 import jax
 import jax.numpy as jnp
@@ -96,10 +97,45 @@ def module_kwargs(net_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def _net_cfg(config, name: str) -> ml_collections.ConfigDict:
-  if name not in config.networks:
-    raise ValueError(
-        f'unknown network {name!r}; config.networks has: {", ".join(config.networks)}')
+  check_use(config, 'the config', (name,))
   return config.networks[name]
+
+
+def check_use(config, key: str, names: Iterable[str],
+              splits: Iterable[tuple[str, str]] = ()) -> None:
+  """Checks before any work that the networks `names` (config key `key`) are in
+  config.networks and that each (config key, split) of `splits` is a split of the dataset:
+  a ValueError naming the key otherwise."""
+  for name in names:
+    if name not in config.networks:
+      raise ValueError(f'{key} names network {name!r}, which config.networks does not have '
+                       f'(it has: {", ".join(config.networks)})')
+  for split_key, split in splits:
+    try:
+      input_pipeline.split_info(config.data, split)
+    except ValueError as e:
+      raise ValueError(f'{split_key}: {e}') from None
+
+
+def settings(net_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+  """What of a network's config its outputs depend on, as JSON: all of it but the path of
+  a checkpoint (its content is fingerprinted instead, so moving the file changes nothing)."""
+  return json.loads(json.dumps({k: v for k, v in net_cfg.to_dict().items()
+                                if k != 'checkpoint'}))
+
+
+def _check_trained_with(name: str, record_path: str, trained: dict, current: dict) -> None:
+  """A ValueError naming what differs when a classifier was trained with other settings
+  than config.networks now has: its params are not the network the config describes."""
+  if trained == current:
+    return
+  changed = ', '.join(f'{k} {trained.get(k)!r} -> {current.get(k)!r}'
+                      for k in sorted(set(trained) | set(current))
+                      if trained.get(k) != current.get(k))
+  raise ValueError(
+      f'network {name!r}: {record_path} was trained with other settings ({changed}); run '
+      f'train_classifier in a new --workdir, or remove {os.path.dirname(record_path)} to '
+      'retrain it here')
 
 
 def network_record(config, workdir: str, name: str) -> dict[str, Any]:
@@ -122,7 +158,9 @@ def network_record(config, workdir: str, name: str) -> dict[str, Any]:
   if not os.path.exists(record_path):
     raise FileNotFoundError(
         f'no trained classifier {name!r} at {record_path}; run the train_classifier job first')
-  return artifacts.read_json(record_path)
+  record = artifacts.read_json(record_path)
+  _check_trained_with(name, record_path, record['inputs']['network'], settings(net_cfg))
+  return record
 
 
 def load_network(config, workdir: str, name: str):

@@ -5,7 +5,9 @@ the job stores, per image, the float32 features, the class probabilities (all, o
 CE = -log p(y), the entropy and the max probability, with the example id, label and position
 in the split (`gadc_jax.feature_store` has the layout). Work is cut into shards of the split
 (resumable: a finished shard is a file); hosts take disjoint shards; host 0 then consolidates
-the shards into per-field .npy arrays sorted by class.
+the shards into per-field .npy arrays sorted by class, and records their sizes and checksums
+in the manifest. A finished store whose files no longer match that record is computed again;
+a run holds the store's folder lock, so a second run on it refuses.
 """
 
 import os
@@ -23,6 +25,7 @@ from gadc_jax import feature_store
 from gadc_jax import layout
 from gadc_jax import networks
 from gadc_jax import preemption
+from gadc_jax import validation
 from gadc_jax.data import input_pipeline
 
 
@@ -81,6 +84,7 @@ def _consolidate(out: str, num_shards: int, inputs: dict, expected: str) -> None
   artifacts.atomic_write_json(os.path.join(out, 'manifest.json'), {
       'fingerprint': expected,
       'inputs': inputs,
+      'files': artifacts.describe_files(out, [f'{field}.npy' for field in fields]),
       'offsets': offsets.tolist(),
       'feature_dim': int(fields['features'][1][0]),
       'num_examples': int(len(order)),
@@ -90,18 +94,46 @@ def _consolidate(out: str, num_shards: int, inputs: dict, expected: str) -> None
   shutil.rmtree(os.path.join(out, 'shards'))
 
 
+def _finished(out: str, inputs: dict, expected: str) -> bool:
+  """Whether `out` holds the finished store of `inputs`, its files whole and its own. A
+  damaged store (a file missing, cut short or changed since written) loses its damaged files
+  and its manifest, so that it is computed again."""
+  manifest = os.path.join(out, 'manifest.json')
+  started = os.path.join(out, 'shards', 'inputs.json')
+  record = artifacts.finished_or_start(manifest, started, expected, inputs, 'features')
+  if record is None:
+    return False
+  damaged = artifacts.damaged_files(out, record['files'])
+  if not damaged:
+    return True
+  logging.warning('features %s is damaged (%s); computing it again', out,
+                  '; '.join(f'{name} {problem}' for name, problem in damaged.items()))
+  if jax.process_index() == 0:
+    for name in [*damaged, 'manifest.json']:
+      if os.path.exists(os.path.join(out, name)):
+        os.remove(os.path.join(out, name))
+  multihost_utils.sync_global_devices(f'features {out} damaged removed')
+  artifacts.finished_or_start(manifest, started, expected, inputs, 'features')  # starts now.
+  return False
+
+
 def compute_store(config: ml_collections.ConfigDict, workdir: str, network: str,
                   split: str) -> feature_store.FeatureStore:
   """Computes (or resumes, or skips if finished) the store of one network on one split."""
   out = layout.features_dir(workdir, network, split)
   inputs = feature_store.expected_inputs(config, workdir, network, split)
   expected = artifacts.fingerprint(inputs)
-  if artifacts.finished_or_start(os.path.join(out, 'manifest.json'),
-                                 os.path.join(out, 'shards', 'inputs.json'), expected, inputs,
-                                 'features') is not None:
-    logging.info('features %s already complete; skipping.', out)
-    return feature_store.FeatureStore(out)
+  with artifacts.exclusive(out):
+    if _finished(out, inputs, expected):
+      logging.info('features %s already complete; skipping.', out)
+    else:
+      _compute(config, workdir, network, split, out, inputs, expected)
+  return feature_store.FeatureStore(out)
 
+
+def _compute(config: ml_collections.ConfigDict, workdir: str, network: str, split: str,
+             out: str, inputs: dict, expected: str) -> None:
+  """The shards this host has left, then (host 0) the consolidated store in `out`."""
   num_examples = inputs['dataset'][3]
   shard_size = config.features.shard_size
   num_shards = max(1, -(-num_examples // shard_size))
@@ -123,10 +155,19 @@ def compute_store(config: ml_collections.ConfigDict, workdir: str, network: str,
   if jax.process_index() == 0:
     _consolidate(out, num_shards, inputs, expected)
   multihost_utils.sync_global_devices(f'features {out} consolidated')
-  return feature_store.FeatureStore(out)
+
+
+def _check_config(config: ml_collections.ConfigDict) -> None:
+  """Every option of the features job, checked before any work (one line each)."""
+  cfg = config.features
+  validation.require(cfg, 'config.features', positive_ints=('batch_size', 'shard_size'),
+                     non_negative_ints=('probs_topk',))
+  networks.check_use(config, 'config.features.networks', cfg.networks,
+                     [('config.features.splits', split) for split in cfg.splits])
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
+  _check_config(config)
   for network in config.features.networks:
     for split in config.features.splits:
       store = compute_store(config, workdir, network, split)

@@ -4,7 +4,8 @@ On digits this trains the selection network and the evaluation network (differen
 architecture and seed). Each network lands in WORKDIR/classifiers/NAME/: orbax checkpoints,
 TensorBoard events, and classifier.json (the record later jobs read: arch, fingerprint of
 the params, test accuracy). A finished network is skipped; an interrupted one resumes from
-its last checkpoint and ends with the same params as an uninterrupted run.
+its last checkpoint and ends with the same params as an uninterrupted run. A run holds the
+network's folder lock, so a second run on it refuses.
 """
 
 import functools
@@ -24,6 +25,7 @@ from gadc_jax import encoders
 from gadc_jax import layout
 from gadc_jax import networks
 from gadc_jax import preemption
+from gadc_jax import validation
 from gadc_jax.data import input_pipeline
 from gadc_jax.training import checkpoints
 from gadc_jax.training import train_state
@@ -61,24 +63,53 @@ def accuracy(model, params, images: np.ndarray, labels: np.ndarray, batch_size=1
   return correct / len(labels)
 
 
+# The options of config.classifier that change a network's params or record; the others
+# (which networks, how often to log or checkpoint) change neither.
+_TRAINING = ('train_split', 'eval_split', 'steps', 'batch_size', 'learning_rate',
+             'weight_decay')
+
+
 def _inputs(config, name: str) -> dict[str, Any]:
   info = input_pipeline.split_info(config.data, config.classifier.train_split)
   return {
       'dataset': [info.dataset, info.version, info.split, info.num_examples],
       'image_size': config.data.image_size,
-      'network': config.networks[name].to_dict(),
-      'training': config.classifier.to_dict(),
+      'network': networks.settings(config.networks[name]),
+      'training': {k: config.classifier[k] for k in _TRAINING},
   }
+
+
+def _check_config(config: ml_collections.ConfigDict) -> None:
+  """Every option of the train_classifier job, checked before any work (one line each)."""
+  cfg = config.classifier
+  validation.require(cfg, 'config.classifier',
+                     positive_ints=('steps', 'batch_size', 'log_every', 'checkpoint_every'),
+                     positive=('learning_rate',), non_negative=('weight_decay',))
+  networks.check_use(config, 'config.classifier.networks', cfg.networks,
+                     [(f'config.classifier.{key}', cfg[key])
+                      for key in ('train_split', 'eval_split')])
+  for name in cfg.networks:
+    if 'seed' not in config.networks[name]:
+      raise ValueError(f'config.classifier.networks: network {name!r} has no seed; only '
+                       'networks with a seed are trained here (the others load a checkpoint)')
 
 
 def train_network(config: ml_collections.ConfigDict, workdir: str, name: str) -> dict:
   """Trains network `name` of config.networks (or returns its record if already trained)."""
   out = layout.classifier_dir(workdir, name)
+  with artifacts.exclusive(out):
+    return _train(config, name, out)
+
+
+def _train(config: ml_collections.ConfigDict, name: str, out: str) -> dict:
+  """train_network's work, in the folder `out` it holds."""
   record_path = os.path.join(out, 'classifier.json')
   inputs = _inputs(config, name)
   expected = artifacts.fingerprint(inputs)
+  # Only checkpoints are work: TensorBoard events of a try that saved none bind nothing.
   record = artifacts.finished_or_start(record_path, os.path.join(out, 'inputs.json'),
-                                       expected, inputs, 'classifier')
+                                       expected, inputs, 'classifier',
+                                       work_dir=os.path.join(out, 'checkpoints'))
   if record is not None:
     logging.info('classifier %s already trained (test accuracy %.4f); skipping.', name,
                  record['test_accuracy'])
@@ -132,5 +163,6 @@ def train_network(config: ml_collections.ConfigDict, workdir: str, name: str) ->
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
+  _check_config(config)
   for name in config.classifier.networks:
     train_network(config, workdir, name)
