@@ -181,6 +181,7 @@ def _list_folder(root: str) -> _Folder:
     raise ValueError(f'image folder {root} is empty: it needs one subfolder per class')
   ids, labels = [], []
   for label, class_name in enumerate(class_names):
+    found = len(ids)
     for dirpath, dirnames, filenames in os.walk(os.path.join(root, class_name)):
       dirnames[:] = [d for d in dirnames if not d.startswith('.')]
       rel = os.path.relpath(dirpath, root).replace(os.sep, '/')
@@ -188,13 +189,27 @@ def _list_folder(root: str) -> _Folder:
         if filename.lower().endswith(IMAGE_EXTENSIONS) and not filename.startswith('.'):
           ids.append(f'{rel}/{filename}')
           labels.append(label)
-  if not ids:
-    raise ValueError(
-        f'image folder {root} has no image files ({", ".join(IMAGE_EXTENSIONS)}) in its '
-        f'class subfolders')
+    if len(ids) == found:
+      # Every class needs images: an empty one would shift or drop class indices later.
+      raise ValueError(
+          f'class folder {os.path.join(root, class_name)} has no image files '
+          f'({", ".join(IMAGE_EXTENSIONS)}); add images or remove the folder')
   order = sorted(range(len(ids)), key=ids.__getitem__)
   return _Folder(root, class_names, tuple(ids[i] for i in order),
                  np.asarray(labels, np.int64)[order])
+
+
+def _folder_version(folder: _Folder) -> str:
+  """Hash of every file's id, size and mtime (ns), in order: new pixels under an old name
+  change it, so features of the old images are not reused. Not a hash of the content: at
+  ImageNet scale (1.28M files, ~140 GB) that would read the whole dataset on every run,
+  where one stat per file costs seconds; as for make or rsync, a rewrite that keeps both
+  size and mtime (e.g. `cp -p` of another image of the same size) goes unnoticed."""
+  h = hashlib.sha256()
+  for i in folder.ids:
+    st = os.stat(os.path.join(folder.root, i))
+    h.update(f'{i}\t{st.st_size}\t{st.st_mtime_ns}\n'.encode())
+  return h.hexdigest()[:16]
 
 
 class UnreadableImage(ValueError):
@@ -218,8 +233,13 @@ def _check_split(source, split: str) -> int:
   else:
     splits = {name: info.num_examples for name, info in source.info.splits.items()}
   if split not in splits:
+    hint = ''
+    if isinstance(source, _Folder):
+      hint = (f'; an image folder is the one split {FOLDER_SPLIT!r}: set the setting that '
+              f'asks for {split!r} to {FOLDER_SPLIT}, e.g. --config.classifier.eval_split='
+              f"{FOLDER_SPLIT} (its default is 'test')")
     raise ValueError(
-        f'unknown split {split!r} of {_dataset_name(source)}; it has {sorted(splits)}')
+        f'unknown split {split!r} of {_dataset_name(source)}; it has {sorted(splits)}{hint}')
   return splits[split]
 
 
@@ -314,14 +334,15 @@ def _numpy_batches(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
 def split_info(data_cfg: ml_collections.ConfigDict, split: str) -> SplitInfo:
   """Describes `split`; prepares `gadc_digits` (offline) when it is missing.
 
-  The version of a folder is a hash of its sorted file list, so it changes when files are
-  added, removed or renamed.
+  The version of a folder is a hash of its sorted file list with each file's size and
+  modification time (`_folder_version`), so it changes when files are added, removed,
+  renamed or rewritten.
   """
   size = _check_config(data_cfg)
   source = _open(data_cfg)
   num_examples = _check_split(source, split)
   if isinstance(source, _Folder):
-    version = hashlib.sha256('\n'.join(source.ids).encode()).hexdigest()[:16]
+    version = _folder_version(source)
     return SplitInfo(FOLDER, version, split, num_examples, len(source.class_names),
                      source.class_names, (size, size, 3))
   _check_features(source)

@@ -7,14 +7,20 @@ on batches of classes, and writes to WORKDIR/selections/NAME/:
     classes/class-00007.json   one finished class (resume skips these)
     selection.npz              per-class offsets, within-class indices, split positions, ids
     selection.json             config, input fingerprints, m and objective per class,
-                               diagnostics per class and averaged, per feature space
+                               diagnostics per class and averaged, per feature space,
+                               median cost / epsilon per class, size and checksum of
+                               selection.npz and grid.png; written last ("finished")
     grid.png                   the selected images, a row per class
 
-On several hosts each takes a disjoint set of classes; host 0 merges.
+On several hosts each takes a disjoint set of classes; host 0 merges. A finished selection
+whose selection.npz or grid.png is damaged (truncated, swapped, removed) is rebuilt from
+the class files: exactly the damaged file, nothing else rewritten.
 """
 
+import io
 import os
 import time
+import zipfile
 from typing import Any
 
 from absl import logging
@@ -29,12 +35,29 @@ from gadc_jax import feature_store
 from gadc_jax import layout
 from gadc_jax import preemption
 from gadc_jax import report
+from gadc_jax import validation
 from gadc_jax.data import input_pipeline
 from gadc_jax.selection import budget as budget_lib
 from gadc_jax.selection import methods
 from gadc_jax.selection import objective
 from gadc_jax.selection import problem as problem_lib
 from gadc_jax.transport import diagnostics as diagnostics_lib
+
+# The files of a finished selection that selection.json describes (size, checksum).
+_FILES = ('selection.npz', 'grid.png')
+
+
+def _check_config(config: ml_collections.ConfigDict) -> None:
+  """config.select, checked before any work: one ValueError naming the key."""
+  cfg = config.select
+  validation.require(cfg, 'config.select',
+                     positive_ints=('classes_per_batch', 'grid_classes', 'grid_per_class'))
+  budget_lib.parse(cfg.budget)
+  methods.get_method(cfg.method)
+  # Every selection, whatever its method, is scored with GADC's objective.
+  for name in dict.fromkeys((cfg.method, 'gadc')):
+    methods.check_options(name, cfg[name], f'config.select.{name}')
+  diagnostics_lib.check_config(cfg.diagnostics)
 
 
 def _validate(store: feature_store.FeatureStore, m: np.ndarray, budget: str) -> None:
@@ -43,24 +66,30 @@ def _validate(store: feature_store.FeatureStore, m: np.ndarray, budget: str) -> 
     if n == 0:
       raise ValueError(f'class {c} has no images in {store.path}')
     if k < 1:
-      raise ValueError(
-          f'budget {budget} gives class {c} no image ({len(sizes)} classes); raise the budget')
+      raise ValueError(f'select.budget {budget!r} gives class {c} no image ({len(sizes)} '
+                       'classes); raise the budget')
     if k > n:
       raise ValueError(
-          f'budget {budget} asks {k} images of class {c}, which has only {n}')
+          f'select.budget {budget!r} asks {k} images of class {c}, which has only {n}')
 
 
 def _class_problem(store, c: int, tau: float) -> problem_lib.ClassProblem:
-  feats = np.asarray(store.load('features', c), np.float32)
-  bad = np.argwhere(~np.isfinite(feats))
-  if len(bad):
-    row = int(bad[0, 0])
-    raise ValueError(
-        f'non-finite features in {store.path}: class {c}, row {row} '
-        f'(id {store.load("ids", c)[row]})')
   return problem_lib.make_problem(
-      feats, store.probs(c), store.load('ce', c), store.load('entropy', c),
-      store.load('maxprob', c), tau=tau)
+      store.load('features', c), store.probs(c), store.load('ce', c),
+      store.load('entropy', c), store.load('maxprob', c), tau=tau)
+
+
+def _check_finite(stores, classes) -> None:
+  """A ValueError naming the array, class and example id of the first NaN or Inf in what
+  the method or the diagnostics read of `classes`, in every feature space, before any
+  solve: a NaN CE made GADC return duplicate picks, NaN features a linprog traceback."""
+  for store in stores:
+    for c in classes:
+      found = problem_lib.first_non_finite(_class_problem(store, c, 0.0))
+      if found is not None:
+        name, row = found
+        raise ValueError(f'non-finite {name} in {store.path}: class {c}, row {row} '
+                         f'(id {store.load("ids", c)[row]})')
 
 
 def _open_stores(config, workdir: str):
@@ -85,12 +114,13 @@ def _class_path(out: str, c: int) -> str:
   return os.path.join(out, 'classes', f'class-{c:05d}.json')
 
 
-def _score_class(config, store, eval_stores, c, prob, indices,
-                 unconverged: int) -> dict[str, Any]:
+def _score_class(config, store, eval_stores, c, prob, indices, unconverged: int,
+                 cost_over_epsilon: float) -> dict[str, Any]:
   """Objective and diagnostics of one class's subset, in every feature space.
 
   `unconverged` counts the method's partial OT solves for this class that stopped at the
-  iteration cap; the scoring solve adds one if it stops there too.
+  iteration cap; the scoring solve adds one if it stops there too. `cost_over_epsilon` is
+  recorded as it is (see `objective.cost_over_epsilon`).
   """
   cfg = config.select
   score = objective.objective_of(prob, np.asarray(indices), cfg.gadc)
@@ -106,6 +136,7 @@ def _score_class(config, store, eval_stores, c, prob, indices,
       'ids': [str(store.load('ids', c)[i]) for i in indices],
       'objective': score.objective,
       'unconverged_solves': int(unconverged) + (not score.converged),
+      'cost_over_epsilon': cost_over_epsilon,
       'diagnostics': diag,
   }
 
@@ -122,30 +153,55 @@ def _select_classes(config, store, eval_stores, out, classes, m) -> None:
     tau = cfg.gadc.tau if cfg.method == 'gadc' else 0.0
     probs = [problem_lib.with_min_candidates(_class_problem(store, c, tau), m)
              for c in batch]
+    # Before the solve: a cost scale far from the preset's changes the selection and its speed.
+    ratios = {c: objective.cost_over_epsilon(p.features, cfg.gadc)
+              for c, p in zip(batch, probs)}
+    warning = objective.epsilon_scale_warning(ratios, cfg.gadc)
+    if warning:
+      logging.warning('select %s: %s', out, warning)
     keys = jax.vmap(lambda c: jax.random.fold_in(seed_key, c))(np.asarray(batch))
     result = select_fn(problem_lib.stack_problems(probs), m, cfg[cfg.method], keys)
     for c, prob, idx, unconverged in zip(batch, probs, np.asarray(result.indices),
                                          np.asarray(result.unconverged)):
       artifacts.atomic_write_json(
           _class_path(out, c),
-          _score_class(config, store, eval_stores, c, prob, idx, unconverged))
+          _score_class(config, store, eval_stores, c, prob, idx, unconverged, ratios[c]))
     bar.update(len(batch))
     if preemption.requested():  # class batches are the unit of resumption.
       break
   bar.close()
 
 
-def _merge(config, store, out: str, m: np.ndarray, inputs, expected, seconds) -> dict:
-  records = [artifacts.read_json(_class_path(out, c)) for c in range(store.num_classes)]
-  offsets = np.concatenate([[0], np.cumsum(m)])
+def _write_npz(path: str, **arrays: np.ndarray) -> None:
+  """np.savez's format without its timestamps, so that the same arrays give the same bytes:
+  a selection.npz rebuilt from the class files then has the checksum recorded at merge."""
+  with artifacts.atomic_path(path) as tmp, zipfile.ZipFile(tmp, 'w') as zf:
+    for name, array in arrays.items():
+      buffer = io.BytesIO()
+      np.lib.format.write_array(buffer, np.asanyarray(array), allow_pickle=False)
+      zf.writestr(zipfile.ZipInfo(f'{name}.npy'), buffer.getvalue())  # 1980-01-01 00:00
+
+
+def _write_selection(config, store, out: str, m: np.ndarray, records) -> None:
+  """selection.npz of the class records, in class order."""
+  del config  # the writers of _FILES share one signature.
   indices = np.concatenate([r['indices'] for r in records]).astype(np.int64)
   positions = np.concatenate(
       [np.asarray(store.load('positions', r['class']))[r['indices']] for r in records])
-  ids = np.concatenate([r['ids'] for r in records]).astype(str)
-  artifacts.atomic_write_npz(
-      os.path.join(out, 'selection.npz'), offsets=offsets, indices=indices,
-      positions=positions, ids=ids,
-      labels=np.repeat(np.arange(store.num_classes), m).astype(np.int32))
+  _write_npz(os.path.join(out, 'selection.npz'),
+             offsets=np.concatenate([[0], np.cumsum(m)]), indices=indices,
+             positions=positions, ids=np.concatenate([r['ids'] for r in records]).astype(str),
+             labels=np.repeat(np.arange(store.num_classes), m).astype(np.int32))
+
+
+def _class_records(out: str, num_classes: int) -> list[dict]:
+  return [artifacts.read_json(_class_path(out, c)) for c in range(num_classes)]
+
+
+def _merge(config, store, out: str, m: np.ndarray, inputs, expected, seconds) -> dict:
+  records = _class_records(out, store.num_classes)
+  for name in _FILES:
+    _WRITERS[name](config, store, out, m, records)
   spaces = list(records[0]['diagnostics'])
   unconverged = {r['class']: r['unconverged_solves'] for r in records
                  if r['unconverged_solves']}
@@ -165,17 +221,20 @@ def _merge(config, store, out: str, m: np.ndarray, inputs, expected, seconds) ->
       'objective': [r['objective'] for r in records],
       'unconverged_solves': [r['unconverged_solves'] for r in records],
       'unconverged_classes': sorted(unconverged),
+      'cost_over_epsilon': [r['cost_over_epsilon'] for r in records],
       'diagnostics': {s: diagnostics_lib.average([r['diagnostics'][s] for r in records])
                       for s in spaces},
       'class_diagnostics': [r['diagnostics'] for r in records],
       'seconds': seconds,
+      'artifacts': artifacts.describe_files(out, _FILES),
   }
   artifacts.atomic_write_json(os.path.join(out, 'selection.json'), summary)
-  _write_grid(config, store, out, records)
   return summary
 
 
-def _write_grid(config, store, out: str, records) -> None:
+def _write_grid(config, store, out: str, m: np.ndarray, records) -> None:
+  """grid.png: the first selected images of the first classes, a row per class."""
+  del m  # the writers of _FILES share one signature.
   cfg = config.select
   shown = [np.asarray(store.load('positions', r['class']))[r['indices'][:cfg.grid_per_class]]
            for r in records[:cfg.grid_classes]]
@@ -184,9 +243,36 @@ def _write_grid(config, store, out: str, records) -> None:
   report.save_image_grid(rows, os.path.join(out, 'grid.png'))
 
 
+_WRITERS = {'selection.npz': _write_selection, 'grid.png': _write_grid}
+
+
+def _whole(config, store, out: str, m: np.ndarray, summary: dict) -> dict:
+  """A finished selection, checked against the sizes and checksums its selection.json
+  records; a damaged file (truncated, swapped, removed) is rebuilt from the class files,
+  and only that file."""
+  described = summary.get('artifacts')
+  if described is None:
+    raise ValueError(f'{out}/selection.json records no checksums of its files (an older '
+                     'version wrote it); remove the folder and run the select job again')
+  damaged = artifacts.damaged_files(out, described)
+  if not damaged:
+    logging.info('selection %s already complete; skipping.', out)
+    return summary
+  logging.warning('selection %s: %s; rebuilding from its class files.', out,
+                  '; '.join(f'{name} {problem}' for name, problem in damaged.items()))
+  if jax.process_index() == 0:
+    records = _class_records(out, store.num_classes)
+    for name in damaged:
+      _WRITERS[name](config, store, out, m, records)
+  multihost_utils.sync_global_devices(f'select {out} rebuilt')
+  artifacts.verify_files(out, described, f'selection {out}, rebuilt from its class files '
+                         '(which changed since it was merged)')
+  return summary
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  _check_config(config)
   cfg = config.select
-  methods.get_method(cfg.method)  # fail early on an unknown method.
   store, eval_stores = _open_stores(config, workdir)
   m = budget_lib.per_class_budget(cfg.budget, store.class_sizes())
   _validate(store, m, cfg.budget)
@@ -204,16 +290,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   expected = artifacts.fingerprint(inputs)
   out = layout.selection_dir(workdir, layout.selection_name(cfg))
   final = os.path.join(out, 'selection.json')
+  mine = [c for c in range(store.num_classes) if c % jax.process_count() == jax.process_index()]
+  todo = [c for c in mine if not os.path.exists(_class_path(out, c))]
+  # Before the handshake records a start: bad inputs must leave no trace in the folder.
+  _check_finite([store, *eval_stores.values()], todo)
   summary = artifacts.finished_or_start(final, os.path.join(out, 'classes', 'inputs.json'),
                                         expected, inputs, 'selection')
   if summary is not None:
-    logging.info('selection %s already complete; skipping.', out)
-    return summary
+    return _whole(config, store, out, m, summary)
   multihost_utils.sync_global_devices(f'select {out} start')
 
   t0 = time.time()
-  mine = [c for c in range(store.num_classes) if c % jax.process_count() == jax.process_index()]
-  todo = [c for c in mine if not os.path.exists(_class_path(out, c))]
   logging.info('select %s: %d classes, %d left on this host, %d images in all', out,
                store.num_classes, len(todo), int(m.sum()))
   for size in sorted(set(m[todo].tolist())):

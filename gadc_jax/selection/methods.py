@@ -6,8 +6,10 @@ gadc_jax/selection/baselines.py); its options `cfg` are `gadc_jax.defaults.metho
 
 from typing import Callable
 
+from gadc_jax import validation
 from gadc_jax.selection import baselines
 from gadc_jax.selection import gadc
+from gadc_jax.selection import objective
 
 _METHODS = {
     'gadc': gadc.select,
@@ -19,9 +21,29 @@ _METHODS = {
     'd2c': baselines.select_d2c,
 }
 
+# `validation.require` rules of each baseline's options (GADC's: `objective.check_config`).
+_OPTION_RULES = {
+    'ccs': {'fractions': ('beta',), 'positive_ints': ('num_strata',)},
+    'dq': {'positive_ints': ('num_bins',)},
+    'd2c': {'positive_ints': ('interval',), 'non_negative': ('target',)},
+}
+
 
 def get_method(name: str) -> Callable:
   """The select function of method `name`; a ValueError naming the known ones otherwise."""
   if name not in _METHODS:
     raise ValueError(f'unknown selection method {name!r}; known: {", ".join(_METHODS)}')
   return _METHODS[name]
+
+
+def check_options(name: str, cfg, where: str) -> None:
+  """One ValueError naming the first option of method `name` (its ConfigDict `cfg`, called
+  `where`) out of range; cheap, so that the select job checks before any work."""
+  get_method(name)
+  if name == 'gadc':
+    objective.check_config(cfg, where)
+    return
+  validation.require(cfg, where, **_OPTION_RULES.get(name, {}))
+  if name == 'd2c' and cfg.mode not in baselines.D2C_MODES:
+    raise ValueError(f'{where}.mode must be one of {", ".join(baselines.D2C_MODES)}, got '
+                     f'{cfg.mode!r}')

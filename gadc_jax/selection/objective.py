@@ -18,9 +18,11 @@ from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gadc_jax import defaults
 from gadc_jax import distances
+from gadc_jax import validation
 from gadc_jax.selection.problem import ClassProblem
 from gadc_jax.transport import partial_ot
 
@@ -50,20 +52,47 @@ class GadcParams:
   shortlist: int = 32
 
   @classmethod
-  def from_config(cls, cfg) -> 'GadcParams':
-    """Reads the fields of any attribute object (ConfigDict, namespace); missing ones default."""
+  def from_config(cls, cfg, where: str = 'config.select.gadc') -> 'GadcParams':
+    """Reads the fields of any attribute object (ConfigDict, namespace); missing ones default.
+
+    The values are checked first (`check_config`; `where` names the section in its errors).
+    """
+    raw = {field.name: getattr(cfg, field.name, field.default)
+           for field in dataclasses.fields(cls)}
+    check_config(raw, where)
     values = {}
     for field in dataclasses.fields(cls):
-      value = getattr(cfg, field.name, field.default)
+      value = raw[field.name]
       if value is not None:  # ints from the command line become the field's type
         value = float(value) if field.default is None else type(field.default)(value)
       values[field.name] = value
-    params = cls(**values)
-    if params.mode not in ('fast', 'exhaustive'):
-      raise ValueError(f"mode must be 'fast' or 'exhaustive', got {params.mode!r}")
-    if params.kappa < 1.0:
-      raise ValueError(f'kappa must be >= 1, got {params.kappa}')
-    return params
+    return cls(**values)
+
+
+MODES = ('fast', 'exhaustive')
+
+
+def check_config(cfg, where: str = 'config.select.gadc') -> None:
+  """One ValueError naming the first GADC option of `cfg` (item access) that is out of range.
+
+  The select job calls it before any work, whatever its method: every selection is scored
+  with this objective.
+  """
+  validation.require(
+      cfg, where, positive_ints=('shortlist', 'sinkhorn_max_iterations'),
+      non_negative_ints=('rounds',),
+      positive=('epsilon', 'temperature', 'sinkhorn_threshold', 'kappa'),
+      non_negative=('delta_factor', 'w_mom', 's_mom', 'w_ce', 'w_ent', 'w_kl',
+                    'min_improvement'))
+  if 'tau' in cfg:  # the select job's candidate filter: in the config, not in GadcParams.
+    validation.require(cfg, where, fractions=('tau',))
+  if cfg['kappa'] < 1:
+    raise ValueError(f'{where}.kappa must be >= 1 (a point receives at most kappa/n), got '
+                     f'{cfg["kappa"]!r}')
+  if cfg['epsilon_rel'] is not None:
+    validation.require(cfg, where, positive=('epsilon_rel',))
+  if cfg['mode'] not in MODES:
+    raise ValueError(f'{where}.mode must be one of {", ".join(MODES)}, got {cfg["mode"]!r}')
 
 
 class ClassStats(NamedTuple):
@@ -258,3 +287,50 @@ def _objective_jit(problem, idx, params):
   stats = class_stats(problem, params)
   ev = evaluate(stats, idx, jnp.ones(idx.shape, bool), params)
   return ev.objective, ev.converged
+
+
+# The range of `cost_over_epsilon` the release's absolute epsilon presets were checked on
+# here: the spec's reference class (0.27 * N(0, 1) in 2048-d, the ResNet-50 preset's
+# epsilon 20) gives 14.9; the digits run (configs/digits.py, epsilon 20, per class) gives
+# 3.6 to 8.8 with its trained CNN and 0.14 to 0.37 in its smoke form (20 classifier steps,
+# small features). Ten times past either end is "far": below, epsilon spreads every plan
+# over the whole class and POT stops telling subsets apart; above, Sinkhorn needs many more
+# iterations (features times 1e3 made the selection 6x slower) and nears where the spec saw
+# the release's solver return NaN. A relative epsilon (epsilon_rel) has no such scale.
+CALIBRATED_COST_OVER_EPSILON = (0.14, 14.9)
+_FAR = 10.0
+
+
+def cost_over_epsilon(features: np.ndarray, cfg) -> float:
+  """Median of a class's n x n cost (diagonal included, as delta's) over the epsilon its POT
+  term is solved with: how sharp the entropic plan is, whatever the feature scale.
+
+  NumPy, not jit: classes of every size would each compile a program for a number this cheap.
+  """
+  params = GadcParams.from_config(cfg)
+  x = np.asarray(features, np.float32)
+  x = x - x.mean(axis=0)
+  cost = distances.pairwise_sq_dists(x, x)
+  np.fill_diagonal(cost, 0.0)
+  flat = cost.ravel()
+  median = np.partition(flat, (flat.size - 1) // 2)[(flat.size - 1) // 2]  # lower median
+  epsilon = (params.epsilon if params.epsilon_rel is None
+             else params.epsilon_rel * float(flat.mean()))
+  return float(median / epsilon)
+
+
+def epsilon_scale_warning(ratios: dict[int, float], cfg) -> str | None:
+  """A warning naming the classes whose `cost_over_epsilon` is far outside the calibrated
+  range (with their numbers), or None. Only an absolute epsilon gets one."""
+  if getattr(cfg, 'epsilon_rel', None) is not None:
+    return None
+  low, high = CALIBRATED_COST_OVER_EPSILON
+  far = {c: r for c, r in ratios.items() if not low / _FAR <= r <= high * _FAR}
+  if not far:
+    return None
+  shown = ', '.join(f'class {c}: {r:.3g}' for c, r in far.items())
+  return (f'median cost / epsilon is far outside the range {low:g} to {high:g} that the '
+          f'absolute epsilon {cfg.epsilon:g} of the presets was calibrated on ({shown}): the '
+          'features have another scale than the preset assumes, which changes the selection '
+          'and its speed. Set select.gadc.epsilon_rel (e.g. 0.05: epsilon relative to the '
+          "class's mean cost, the scale-free choice) or an epsilon fit to this scale.")

@@ -82,3 +82,15 @@ def unstack_problem(batch: ClassProblem, i: int) -> ClassProblem:
   one = ClassProblem(*[np.asarray(a[i]) for a in batch])
   n = int(one.mask.sum())
   return ClassProblem(*[a[:n] for a in one])
+
+
+def first_non_finite(problem: ClassProblem) -> tuple[str, int] | None:
+  """(array name, row) of the first NaN or Inf among a problem's inputs (features, probs,
+  ce, entropy, maxprob, difficulty), rows in order within each array; None when all are
+  finite. Mask and candidate are booleans and cannot be."""
+  for name in ('features', 'probs', 'ce', 'entropy', 'maxprob', 'difficulty'):
+    values = np.asarray(getattr(problem, name))
+    bad = np.flatnonzero(~np.isfinite(values.reshape(len(values), -1)).all(axis=1))
+    if bad.size:
+      return name, int(bad[0])
+  return None

@@ -42,9 +42,28 @@ def training_positions(config, workdir: str) -> tuple[np.ndarray, np.ndarray, di
     raise ValueError(
         f'selection {folder} was made on {summary["inputs"].get("dataset")}, but config.data '
         f'and config.train.split give {dataset}')
+  _verify_selection(folder, summary)
   with np.load(os.path.join(folder, 'selection.npz')) as z:
     positions, labels = z['positions'], z['labels']
   return positions, labels, {'dataset': dataset, 'selection': summary['fingerprint']}
+
+
+def _verify_selection(folder: str, summary: dict) -> None:
+  """A ValueError, naming the content fingerprint recorded and the one found, unless
+  selection.npz is the file selection.json recorded: a swapped one would train on another
+  selection under this one's fingerprint, a truncated one end in a BadZipFile."""
+  recorded = summary.get('artifacts', {}).get('selection.npz')
+  if recorded is None:
+    raise ValueError(f'{folder}/selection.json records no checksum of selection.npz (an '
+                     'older version wrote it); remove the folder and run the select job again')
+  path = os.path.join(folder, 'selection.npz')
+  found = artifacts.file_fingerprint(path)  # small: ids and positions of the selection.
+  if found != recorded['sha256'] or os.path.getsize(path) != recorded['size']:
+    raise ValueError(
+        f'{path} has content {found} ({os.path.getsize(path)} bytes), not the '
+        f'{recorded["sha256"]} ({recorded["size"]} bytes) that selection.json records: it '
+        'was replaced or damaged since; run the select job again, which rebuilds it from '
+        'the class files')
 
 
 def build_training_set(config, positions: np.ndarray, labels: np.ndarray,

@@ -30,11 +30,22 @@ from scipy import optimize
 from scipy import sparse
 
 from gadc_jax import distances
+from gadc_jax import validation
 from gadc_jax.transport import partial_ot
 
 # Columns of the partial OT solve are padded to a multiple of this (masked), so classes of
 # slightly different sizes share one compiled solver.
 _COLUMN_BUCKET = 256
+
+
+def check_config(cfg, where: str = 'config.select.diagnostics') -> None:
+  """One ValueError naming the first diagnostics option (`defaults.diagnostics()`) out of
+  range; the select job calls it before any work."""
+  validation.require(cfg, where, positive_ints=('knn_k',),
+                     positive=('pot_kappa', 'pot_epsilon_rel'),
+                     non_negative=('pot_delta_factor',))
+  if cfg['pot_kappa'] < 1:
+    raise ValueError(f'{where}.pot_kappa must be >= 1, got {cfg["pot_kappa"]!r}')
 
 
 def class_sq_dists(features: np.ndarray) -> np.ndarray:

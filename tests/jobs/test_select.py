@@ -1,6 +1,7 @@
 """The select job on the digits stores: outputs, resume, refusals, clear errors."""
 
 import os
+import re
 import shutil
 
 import numpy as np
@@ -22,6 +23,9 @@ def test_per_class_budget_forms():
   np.testing.assert_array_equal(budget.per_class_budget('10%', sizes), [2, 3, 2, 2])
   with pytest.raises(ValueError, match="'ten'"):
     budget.per_class_budget('ten', sizes)
+  for bad in ('inf%', 'nan%', 'nan', '-5', '0', '0/class', '2.5/class', '-1%'):
+    with pytest.raises(ValueError, match=f"select.budget '{re.escape(bad)}' is not a positive"):
+      budget.parse(bad)
 
 
 def _workdir_with_links(digits_workdir, tmp_path):
