@@ -13,10 +13,12 @@ while it writes a folder, so a second run on the same folder refuses instead of 
 import contextlib
 import fcntl
 import hashlib
+import io
 import json
 import os
 import tempfile
 from typing import Any, Iterator, Mapping
+import zipfile
 
 from absl import logging
 import jax
@@ -57,9 +59,13 @@ def atomic_write_json(path: str, obj: Any) -> None:
 
 
 def atomic_write_npz(path: str, **arrays: np.ndarray) -> None:
-  with atomic_path(path) as tmp:
-    with open(tmp, 'wb') as f:
-      np.savez(f, **arrays)
+  """np.savez's format without its timestamps: the same arrays always give the same bytes,
+  so a file rebuilt from its parts has the checksum recorded when it was first written."""
+  with atomic_path(path) as tmp, zipfile.ZipFile(tmp, 'w') as archive:
+    for name, array in arrays.items():
+      buffer = io.BytesIO()
+      np.lib.format.write_array(buffer, np.asanyarray(array), allow_pickle=False)
+      archive.writestr(zipfile.ZipInfo(f'{name}.npy'), buffer.getvalue())  # 1980-01-01
 
 
 def atomic_write_npy(path: str, array: np.ndarray) -> None:

@@ -17,10 +17,8 @@ whose selection.npz or grid.png is damaged (truncated, swapped, removed) is rebu
 the class files: exactly the damaged file, nothing else rewritten.
 """
 
-import io
 import os
 import time
-import zipfile
 from typing import Any
 
 from absl import logging
@@ -172,26 +170,17 @@ def _select_classes(config, store, eval_stores, out, classes, m) -> None:
   bar.close()
 
 
-def _write_npz(path: str, **arrays: np.ndarray) -> None:
-  """np.savez's format without its timestamps, so that the same arrays give the same bytes:
-  a selection.npz rebuilt from the class files then has the checksum recorded at merge."""
-  with artifacts.atomic_path(path) as tmp, zipfile.ZipFile(tmp, 'w') as zf:
-    for name, array in arrays.items():
-      buffer = io.BytesIO()
-      np.lib.format.write_array(buffer, np.asanyarray(array), allow_pickle=False)
-      zf.writestr(zipfile.ZipInfo(f'{name}.npy'), buffer.getvalue())  # 1980-01-01 00:00
-
-
 def _write_selection(config, store, out: str, m: np.ndarray, records) -> None:
   """selection.npz of the class records, in class order."""
   del config  # the writers of _FILES share one signature.
   indices = np.concatenate([r['indices'] for r in records]).astype(np.int64)
   positions = np.concatenate(
       [np.asarray(store.load('positions', r['class']))[r['indices']] for r in records])
-  _write_npz(os.path.join(out, 'selection.npz'),
-             offsets=np.concatenate([[0], np.cumsum(m)]), indices=indices,
-             positions=positions, ids=np.concatenate([r['ids'] for r in records]).astype(str),
-             labels=np.repeat(np.arange(store.num_classes), m).astype(np.int32))
+  artifacts.atomic_write_npz(
+      os.path.join(out, 'selection.npz'), offsets=np.concatenate([[0], np.cumsum(m)]),
+      indices=indices, positions=positions,
+      ids=np.concatenate([r['ids'] for r in records]).astype(str),
+      labels=np.repeat(np.arange(store.num_classes), m).astype(np.int32))
 
 
 def _class_records(out: str, num_classes: int) -> list[dict]:
