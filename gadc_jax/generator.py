@@ -15,6 +15,7 @@ import numpy as np
 
 from gadc_jax import artifacts
 from gadc_jax import layout
+from gadc_jax import validation
 from gadc_jax.diffusion import gaussian
 from gadc_jax.diffusion import guidance
 from gadc_jax.diffusion import transport as transport_lib
@@ -24,6 +25,9 @@ from gadc_jax.models import vae as vae_lib
 from gadc_jax.training import checkpoints
 
 SAMPLERS = {'DiT': ('ddpm', 'ddim'), 'SiT': ('ode', 'sde')}
+SPACES = ('pixel', 'latent')
+# Steps of DiT's diffusion process: a DDPM / DDIM sampler takes at most these.
+DIFFUSION_STEPS = 1000
 
 
 def family(train_cfg) -> str:
@@ -31,21 +35,33 @@ def family(train_cfg) -> str:
   return 'SiT' if train_cfg.model.startswith('SiT') else 'DiT'
 
 
-def check_sampler(train_cfg, sampler_cfg) -> None:
-  """A ValueError unless the sampler fits the model family (ddpm/ddim for DiT, ode/sde SiT)."""
+def check_sampler(train_cfg, sampler_cfg, where: str = 'sampler') -> None:
+  """A ValueError naming the field of sampler section `where` (e.g. 'config.sample.sampler')
+  that does not fit: the method must fit the model family (ddpm/ddim for DiT, ode/sde for
+  SiT), steps a positive integer (at most DIFFUSION_STEPS for DiT), cfg_scale >= 0."""
   allowed = SAMPLERS[family(train_cfg)]
   if sampler_cfg.method not in allowed:
-    raise ValueError(f'sampler {sampler_cfg.method!r} does not fit a {family(train_cfg)}; '
-                     f'use one of {", ".join(allowed)}')
+    raise ValueError(f'{where}.method {sampler_cfg.method!r} does not fit a '
+                     f'{family(train_cfg)} ({train_cfg.model}); use one of {", ".join(allowed)}')
+  validation.require(sampler_cfg, where, positive_ints=('steps',), non_negative=('cfg_scale',),
+                     non_negative_ints=('guided_channels',))
+  if family(train_cfg) == 'DiT' and sampler_cfg.steps > DIFFUSION_STEPS:
+    raise ValueError(f'{where}.steps must be at most the {DIFFUSION_STEPS} steps of the '
+                     f'diffusion, got {sampler_cfg.steps}')
+
+
+def check_space(train_cfg) -> None:
+  if train_cfg.space not in SPACES:
+    raise ValueError(f'config.train.space must be one of {", ".join(SPACES)}, got '
+                     f'{train_cfg.space!r}')
 
 
 def model_space_shape(train_cfg, image_shape) -> tuple[int, int, int]:
   """(h, w, c) the model sees: the images' own shape in pixel space, else SD-VAE latents."""
+  check_space(train_cfg)
   if train_cfg.space == 'pixel':
     return tuple(image_shape)
-  if train_cfg.space == 'latent':
-    return vae_lib.latent_shape(image_shape, tuple(train_cfg.vae.channels))
-  raise ValueError(f"config.train.space {train_cfg.space!r} is not 'pixel' or 'latent'")
+  return vae_lib.latent_shape(image_shape, tuple(train_cfg.vae.channels))
 
 
 def load_text_table(train_cfg) -> np.ndarray | None:
@@ -89,23 +105,35 @@ def load_vae(train_cfg):
   return model, params
 
 
-def restore_ema_params(config, workdir: str, num_classes: int, image_shape):
-  """(model, EMA params, train record) of the finished train run that config.train names.
-
-  Only the EMA parameters are read from the checkpoint: no optimizer is built.
-  """
-  cfg = config.train
+def finished_train_record(config, workdir: str) -> dict:
+  """The train.json record of the finished train run that config.train names."""
   out = layout.train_dir(workdir, config)
   done = os.path.join(out, 'train.json')
   if not os.path.exists(done):
     raise FileNotFoundError(f'no finished training run in {out}; run the train job first')
-  record = artifacts.read_json(done)
+  return artifacts.read_json(done)
+
+
+def restore_ema_params(config, workdir: str, num_classes: int, image_shape):
+  """(model, EMA params, train record) of the finished train run that config.train names.
+
+  The final checkpoint is checked against what train.json recorded of it, and the EMA
+  parameters against their fingerprint; only they are read: no optimizer is built.
+  """
+  cfg = config.train
+  out = layout.train_dir(workdir, config)
+  record = finished_train_record(config, workdir)
+  ckpt = checkpoints.Checkpointer(os.path.join(out, 'checkpoints'))
+  try:
+    ckpt.verify(record['step'], record['checkpoint'])
+  except (FileNotFoundError, ValueError) as e:
+    raise type(e)(f'the train run {out} is not whole: {e}; run the train job again (it '
+                  'redoes the steps after its latest whole checkpoint)') from None
   text_table = load_text_table(cfg)
   model = build_model(cfg, num_classes, text_table)
   abstract = jax.eval_shape(lambda: init_params(
       model, jax.random.PRNGKey(0), model_space_shape(cfg, image_shape), text_table))
-  ema = checkpoints.Checkpointer(os.path.join(out, 'checkpoints')).restore_field(
-      'ema_params', abstract, record['step'])
+  ema = ckpt.restore_field('ema_params', abstract, record['step'])
   artifacts.check_fingerprint(out, record['ema_fingerprint'], artifacts.array_fingerprint(ema),
                               'EMA params')
   return model, ema, record
@@ -134,7 +162,7 @@ def _sample(params, labels, key, text_table, *, model, sampler, sit: bool, pixel
     if method == 'ode':
       return transport.ode_sample(model_fn, x_init, steps)
     return transport.sde_sample(model_fn, x_init, steps, k_loop)
-  diffusion = gaussian.create_diffusion(str(steps))
+  diffusion = gaussian.create_diffusion(str(steps), DIFFUSION_STEPS)
   if method == 'ddpm':
     return diffusion.p_sample_loop(model_fn, x_init, k_loop, clip_denoised=pixel)
   return diffusion.ddim_sample_loop(model_fn, x_init, k_loop, clip_denoised=pixel)

@@ -250,8 +250,9 @@ def _main_command(workdir: str, data_dir: str) -> list[str]:
           '--config.train.checkpoint_every=1000', f'--config.data.data_dir={data_dir}']
 
 
-def _run_until_training_then_sigterm(command: list[str], timeout_s: float = 600):
-  """Starts `command`, sends SIGTERM once the train job logs that it starts training."""
+def sigterm_once(command: list[str], marker: str, timeout_s: float = 600):
+  """Runs `command` (main.py), sends it SIGTERM once a line of its stderr contains `marker`;
+  (exit status, stdout, stderr, whether it was signalled)."""
   proc = subprocess.Popen(command, cwd=REPO, env=_clean_env(), stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
   lines, signalled = [], threading.Event()
@@ -259,7 +260,7 @@ def _run_until_training_then_sigterm(command: list[str], timeout_s: float = 600)
   def read_stderr():
     for line in proc.stderr:
       lines.append(line)
-      if 'training DiT-S/2 on' in line and not signalled.is_set():
+      if marker in line and not signalled.is_set():
         proc.send_signal(signal.SIGTERM)
         signalled.set()
 
@@ -280,7 +281,8 @@ def test_main_stops_on_sigterm_with_143_and_the_same_command_resumes(tmp_path):
   workdir, data_dir = str(tmp_path / 'work'), str(tmp_path / 'tfds')
   command = _main_command(workdir, data_dir)
 
-  status, _, stderr, signalled = _run_until_training_then_sigterm(command)
+  # Once the train job logs that it starts training.
+  status, _, stderr, signalled = sigterm_once(command, 'training DiT-S/2 on')
   assert signalled, f'the train job never logged its start: {stderr[-3000:]}'
   assert status == preemption.EXIT_STATUS, stderr[-3000:]
   assert 'Traceback' not in stderr, stderr[-3000:]

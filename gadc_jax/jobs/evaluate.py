@@ -6,7 +6,8 @@ feature space, and metric names carry it: `fid_evaluation`, `precision_inception
 
     config.evaluate.samples     .npz with 'images' uint8 [N, H, W, C] (relative paths are under
                                 the workdir); 'labels', if present, is not read: the metrics are
-                                unconditional.
+                                unconditional. '' reads the sample job's output, checked
+                                against its samples.json first.
     config.evaluate.reference   'split:NAME' (real images of that split of config.data) or an
                                 ADM reference batch .npz: images 'arr_0' uint8 [N, H, W, C] and
                                 optionally the dataset's Inception statistics 'mu', 'sigma',
@@ -21,7 +22,10 @@ mixed_6/conv[..., :7]). Writes:
     WORKDIR/eval/OUT_NAME/events.out.tfevents.*  the metrics as TensorBoard scalars
 
 A finished evaluation with the same inputs is skipped. Every host computes everything (the
-cost is the embedding, sharded over the host's devices); host 0 writes.
+cost is the embedding, sharded over the host's devices); host 0 writes, holding the lock of
+eval/OUT_NAME/ so that a second run of the same evaluation refuses. On SIGTERM the job stops
+between batches of an .npz (the samples, a reference file); a reference split is embedded and
+cached whole first.
 """
 
 import os
@@ -37,6 +41,8 @@ from gadc_jax import artifacts
 from gadc_jax import defaults
 from gadc_jax import layout
 from gadc_jax import networks
+from gadc_jax import preemption
+from gadc_jax import validation
 from gadc_jax.data import input_pipeline
 from gadc_jax.evaluation import embedding
 from gadc_jax.evaluation import metrics as metrics_lib
@@ -58,6 +64,14 @@ def _reference_inputs(config: ml_collections.ConfigDict, workdir: str) -> dict[s
             'image_size': config.data.image_size}
   path = layout.resolve(workdir, reference)
   return {'file': os.path.basename(path), 'sha256': artifacts.file_fingerprint(path)}
+
+
+def _stoppable(batches, what: str):
+  """`batches`, with a stop before each once any host has received SIGTERM (every host embeds
+  the same batches, so all of them ask at the same point)."""
+  for batch in batches:
+    preemption.raise_if_agreed(f'while embedding {what} in the evaluate job')
+    yield batch
 
 
 def reference_embedding(config: ml_collections.ConfigDict, workdir: str, network: str,
@@ -84,11 +98,13 @@ def reference_embedding(config: ml_collections.ConfigDict, workdir: str, network
 
   what = f'reference {cfg.reference}'
   if split is not None:
+    # Not stopped inside: a tf.data iterator dropped in the middle of a split can hang in its
+    # destructor (seen with TF 2.21). The stop comes at the samples, after the cache is written.
     batches = (batch['image'] for batch in
                input_pipeline.iterate_batches(config.data, split, cfg.batch_size))
   else:
-    batches = embedding.npz_image_batches(layout.resolve(workdir, cfg.reference), 'arr_0',
-                                          cfg.batch_size)
+    batches = _stoppable(embedding.npz_image_batches(
+        layout.resolve(workdir, cfg.reference), 'arr_0', cfg.batch_size), what)
   embedded = embedding.embed(forward, batches, what)
   if use_file_stats:
     for metric, (mu, sigma) in metrics_lib.reference_statistics(
@@ -136,31 +152,64 @@ def compute_metrics(samples: dict[str, np.ndarray], reference: dict[str, np.ndar
   return results, skipped
 
 
-def _check_config(cfg: ml_collections.ConfigDict) -> None:
+def _check_config(config: ml_collections.ConfigDict) -> None:
+  cfg = config.evaluate
+  validation.require(cfg, 'config.evaluate', positive_ints=('batch_size', 'k', 'is_splits'),
+                     non_negative_ints=('step',))
   unknown = [m for m in cfg.metrics if m not in defaults.EVALUATION_METRICS]
   if unknown:
-    raise ValueError(f'evaluate.metrics: unknown {", ".join(unknown)}; known: '
-                              + ', '.join(defaults.EVALUATION_METRICS))
+    raise ValueError(f'config.evaluate.metrics: unknown {", ".join(unknown)}; known: '
+                     + ', '.join(defaults.EVALUATION_METRICS))
   if not cfg.networks:
-    raise ValueError('evaluate.networks is empty; name networks of config.networks')
+    raise ValueError('config.evaluate.networks is empty; name networks of config.networks')
+  unknown = [n for n in cfg.networks if n not in config.networks]
+  if unknown:
+    raise ValueError(f'config.evaluate.networks: {", ".join(unknown)} not in config.networks '
+                     f'(it has: {", ".join(config.networks)})')
   if not cfg.reference:
-    raise ValueError("evaluate.reference is empty: 'split:NAME' of config.data, or "
-                              'a reference batch .npz (e.g. ADM\'s VIRTUAL_imagenet256)')
+    raise ValueError("config.evaluate.reference is empty: 'split:NAME' of config.data, or "
+                     'a reference batch .npz (e.g. ADM\'s VIRTUAL_imagenet256)')
+
+
+def _samples(config: ml_collections.ConfigDict, workdir: str) -> tuple[str, dict[str, Any]]:
+  """(path, what they are) of the samples to evaluate.
+
+  A file the user names is known by its bytes. The sample job's output is checked against
+  its samples.json and known by that record's fingerprint: a samples.npz rebuilt from the
+  parts holds the same images in other zip bytes, and its evaluation stays valid.
+  """
+  if config.evaluate.samples:
+    path = layout.resolve(workdir, config.evaluate.samples)
+    if not os.path.exists(path):
+      raise FileNotFoundError(f'no samples at {path}')
+    return path, {'file': os.path.basename(path), 'sha256': artifacts.file_fingerprint(path)}
+  path = layout.samples_file(workdir, config)
+  folder = os.path.dirname(path)
+  done = os.path.join(folder, 'samples.json')
+  if not os.path.exists(done):
+    raise FileNotFoundError(f'no finished samples in {folder}; run the sample job first')
+  record, name = artifacts.read_json(done), os.path.basename(path)
+  artifacts.verify_files(folder, {name: record['files'][name]}, f'the samples of {folder}')
+  return path, {'samples': record['fingerprint']}
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Evaluates config.evaluate.samples; returns the record written to eval/OUT_NAME.json."""
-  cfg = config.evaluate
-  _check_config(cfg)
-  samples_path = (layout.resolve(workdir, cfg.samples) if cfg.samples
-                  else layout.samples_file(workdir, config))
+  _check_config(config)
   out_name = layout.eval_name(config)
-  if not os.path.exists(samples_path):
-    raise FileNotFoundError(f'no samples at {samples_path}; run the sample job first')
+  events = os.path.join(workdir, 'eval', out_name)
+  with artifacts.exclusive(events):
+    return _evaluate(config, workdir, out_name, events)
+
+
+def _evaluate(config: ml_collections.ConfigDict, workdir: str, out_name: str,
+              events: str) -> dict[str, Any]:
+  cfg = config.evaluate
+  samples_path, samples_inputs = _samples(config, workdir)
   loaded = {name: networks.load_network(config, workdir, name)
               for name in cfg.networks}
   inputs = {
-      'samples': {'file': os.path.basename(samples_path), 'sha256': artifacts.file_fingerprint(samples_path)},
+      'samples': samples_inputs,
       'reference': _reference_inputs(config, workdir),
       'networks': {name: [record['arch'], record['params_fingerprint']]
                    for name, (_, _, record) in loaded.items()},
@@ -184,9 +233,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       raise ValueError(
           f'{samples_path}: images are {tuple(samples_shape[1:])} but the reference '
           f'{cfg.reference} has {tuple(reference["images_shape"][1:])}')
-    samples = embedding.embed(
-        forward, embedding.npz_image_batches(samples_path, 'images', cfg.batch_size),
-        f'samples {samples_path}')
+    what = f'samples {samples_path}'
+    samples = embedding.embed(forward, _stoppable(
+        embedding.npz_image_batches(samples_path, 'images', cfg.batch_size), what), what)
     try:
       found, missing = compute_metrics(samples, reference, name, cfg)
     except ValueError as e:
@@ -203,8 +252,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             'num_samples': int(samples_shape[0]), 'num_reference': num_reference,
             'step': cfg.step}
   if jax.process_index() == 0:
-    writer = metric_writers.create_default_writer(
-        os.path.join(workdir, 'eval', out_name), just_logging=False)
+    writer = metric_writers.create_default_writer(events, just_logging=False)
     writer.write_scalars(cfg.step, results)
     writer.close()
     artifacts.atomic_write_json(out, record)

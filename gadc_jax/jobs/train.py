@@ -7,11 +7,15 @@
       checkpoints/         orbax: every `checkpoint_every` steps, at the end and on SIGTERM
       events.out.tfevents  CLU metrics: loss terms, steps/s, images/s
       grid-STEP.png        periodic EMA sample grids, a row per class
-      train.json           written when the last step is done
+      train.json           written when the last step is done, with the sizes and checksums
+                           of the final checkpoint's files
 
 Batches are a pure function of (seed, step), and the noise keys are folded with the step, so
 a killed run resumes to the same parameters as an uninterrupted one. On SIGTERM every host
-checkpoints the same step and the job raises Preempted (main.py exits 143).
+checkpoints the same step and the job raises Preempted (main.py exits 143). A run whose final
+checkpoint is missing or damaged is not finished: the job removes it and redoes the steps
+after the latest checkpoint left, to the same parameters. The job holds the folder's lock
+while it works, so a second run on it refuses.
 """
 
 import os
@@ -29,6 +33,7 @@ from gadc_jax import generator
 from gadc_jax import layout
 from gadc_jax import preemption
 from gadc_jax import report
+from gadc_jax import validation
 from gadc_jax.data import input_pipeline
 from gadc_jax.diffusion import gaussian
 from gadc_jax.diffusion import transport as transport_lib
@@ -39,7 +44,17 @@ from gadc_jax.training import train_state
 
 
 def _check_config(cfg) -> None:
-  generator.check_sampler(cfg, cfg.sampler)
+  """Every value of config.train that a run would otherwise find wrong late (or never)."""
+  validation.require(cfg, 'config.train',
+                     positive_ints=('steps', 'batch_size', 'log_every', 'checkpoint_every',
+                                    'grid_per_class', 'fsdp'),
+                     non_negative_ints=('sample_every',), positive=('learning_rate',),
+                     non_negative=('weight_decay',), fractions=('ema_decay', 'class_dropout'))
+  validation.require(cfg.repa, 'config.train.repa', non_negative=('weight',))
+  generator.check_space(cfg)
+  if cfg.space == 'latent':
+    validation.require(cfg.vae, 'config.train.vae', positive=('scale',))
+  generator.check_sampler(cfg, cfg.sampler, 'config.train.sampler')
   if cfg.repa.features and not cfg.model_overrides.get('repa_depth', 0):
     raise ValueError('config.train.repa.features is set but the model has no REPA head: set '
                      'config.train.model_overrides.repa_depth (e.g. 8)')
@@ -60,7 +75,18 @@ def _inputs(config, description: dict, image_shape) -> dict:
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   cfg = config.train
   _check_config(cfg)
+  sit = generator.family(cfg) == 'SiT'
+  # Built before any work: they check the transport path and that fsdp divides the devices.
+  transport = transport_lib.create_transport(cfg.transport_path) if sit else None
+  mesh = train_state.make_mesh(cfg.fsdp)
   out = layout.train_dir(workdir, config)
+  with artifacts.exclusive(out):
+    return _train(config, workdir, out, mesh, transport)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, out: str, mesh,
+           transport) -> dict:
+  cfg = config.train
   info = input_pipeline.split_info(config.data, cfg.split)
   positions, labels, description = dataset_lib.training_positions(config, workdir)
   shape = generator.model_space_shape(cfg, info.image_shape)
@@ -69,9 +95,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   done_path = os.path.join(out, 'train.json')
   record = artifacts.finished_or_start(done_path, os.path.join(out, 'inputs.json'), expected,
                                        inputs, 'training run')
+  ckpt = checkpoints.Checkpointer(os.path.join(out, 'checkpoints'))
   if record is not None:
-    logging.info('training %s already finished; skipping.', out)
-    return record
+    try:
+      ckpt.verify(record['step'], record['checkpoint'])
+      logging.info('training %s already finished; skipping.', out)
+      return record
+    except (FileNotFoundError, ValueError) as e:
+      # Not finished after all: redo the steps after the latest checkpoint left.
+      logging.warning('training %s is not finished: %s; redoing its last steps.', out, e)
+    if jax.process_index() == 0:
+      os.remove(done_path)
+    ckpt.delete(record['step'])
 
   vae = generator.load_vae(cfg) if cfg.space == 'latent' else None
   text_table = generator.load_text_table(cfg)
@@ -88,13 +123,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logging.info('training %s on %d images %s', cfg.model, len(data.labels), data.x.shape[1:])
 
   tx = train_state.optimizer(cfg.learning_rate, cfg.weight_decay)
-  mesh = train_state.make_mesh(cfg.fsdp)
   # Separate streams: the model's init and per-step noise, the batches, the flips.
   key, batch_key, flip_key = jax.random.split(jax.random.PRNGKey(cfg.seed), 3)
   init = lambda: train_state.create(
       generator.init_params(model, key, shape, text_table), tx)
   shardings = train_state.param_sharding(mesh, jax.eval_shape(init))
-  ckpt = checkpoints.Checkpointer(os.path.join(out, 'checkpoints'))
   if ckpt.latest_step is not None:
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                             jax.eval_shape(init), shardings)
@@ -103,9 +136,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   else:
     state = jax.jit(init, out_shardings=shardings)()
 
-  sit = generator.family(cfg) == 'SiT'
-  diffusion = None if sit else gaussian.create_diffusion()
-  transport = transport_lib.create_transport(cfg.transport_path) if sit else None
+  diffusion = None if transport else gaussian.create_diffusion()
   step_fn = train_state.make_train_step(
       loss_lib.make_loss_fn(model, cfg, diffusion, transport, text_table), tx, cfg.ema_decay,
       mesh, shardings)
@@ -144,7 +175,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   record = {'fingerprint': expected, 'inputs': inputs, 'step': cfg.steps,
             'ema_fingerprint': artifacts.array_fingerprint(state.ema_params),
             'num_images': int(len(data.labels))}
-  if jax.process_index() == 0:
+  if jax.process_index() == 0:  # the one host that reads the checkpoint's files back.
+    record['checkpoint'] = ckpt.describe(cfg.steps)
     artifacts.atomic_write_json(done_path, record)
   return record
 
