@@ -1,11 +1,14 @@
 """Train-step throughput of DiT-S/2 on 32x32x4 latents, ours (JAX) beside diffusers (PyTorch).
 
     python benchmarks/train_bench.py [--steps 10] [--batch 32]
-    python benchmarks/train_bench.py --mfu [--model DiT-XL/2 --batch 256 --peak_tflops P]
+    python benchmarks/train_bench.py --mfu [--model DiT-XL/2 --batch 256 --remat dots]
+    python benchmarks/train_bench.py --memory [--model DiT-XL/2 --batch 256]
 
 --mfu times only ours, in bfloat16, and prints the model FLOPs utilisation: XLA's FLOP count
 of one forward pass, times 3 for forward and backward, per second, over the accelerator's
-dense bfloat16 peak (a table of known devices, or --peak_tflops).
+dense bfloat16 peak (a table of known devices, or --peak_tflops). --memory compiles (never
+runs) the bfloat16 step once per rematerialisation policy and prints XLA's memory plan: what the
+step needs on the device, before allocating anything.
 
 Both sides run a full step as DiT trains: forward, the diffusion loss, backward, AdamW and the
 EMA update. Ours also computes the vb term (strictly more work). Both processes run with the
@@ -36,9 +39,9 @@ PEAK_BF16_TFLOPS = {'NVIDIA H100 80GB HBM3': 989.0, 'NVIDIA H200': 989.0,
                     'TPU v4': 275.0, 'TPU v5 lite': 197.0, 'TPU v5p': 459.0}
 
 
-def ours(batch: int, steps: int, model_name: str = 'DiT-S/2',
-         bfloat16: bool = False) -> tuple[float, float]:
-  """(steps per second, forward FLOPs per image by XLA's count) of our train step."""
+def _train_step(batch: int, model_name: str, bfloat16: bool, remat: str):
+  """(jitted train step, abstract state, abstract batch, model) of our DiT train step on
+  32x32x4 latents; nothing is allocated."""
   host.configure_cpu_runtime()
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -50,21 +53,36 @@ def ours(batch: int, steps: int, model_name: str = 'DiT-S/2',
   from gadc_jax.training import train_state  # pylint: disable=g-import-not-at-top
   cfg = defaults.train()
   cfg.model_overrides = ml_collections.ConfigDict()
-  cfg.model, cfg.bfloat16 = model_name, bfloat16
+  cfg.model, cfg.bfloat16, cfg.remat = model_name, bfloat16, remat
   model = generator.build_model(cfg, 1000)
   tx = train_state.optimizer(cfg.learning_rate, cfg.weight_decay)
   mesh = train_state.make_mesh()
   init = lambda: train_state.create(
       generator.init_params(model, jax.random.PRNGKey(0), (32, 32, 4)), tx)
   shardings = train_state.param_sharding(mesh, jax.eval_shape(init))
-  state = jax.jit(init, out_shardings=shardings)()
   step = train_state.make_train_step(
       loss.make_loss_fn(model, cfg, gaussian.create_diffusion(), None), tx, cfg.ema_decay,
       mesh, shardings)
+  state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                       jax.eval_shape(init), shardings)
+  data = {'x': jax.ShapeDtypeStruct((batch, 32, 32, 4), jnp.float32,
+                                    sharding=train_state.batch_sharding(mesh)),
+          'y': jax.ShapeDtypeStruct((batch,), jnp.int32,
+                                    sharding=train_state.batch_sharding(mesh))}
+  return step, (jax.jit(init, out_shardings=shardings), state, data), model
+
+
+def ours(batch: int, steps: int, model_name: str = 'DiT-S/2', bfloat16: bool = False,
+         remat: str = 'none') -> tuple[float, float]:
+  """(steps per second, forward FLOPs per image by XLA's count) of our train step."""
+  step, (init, _, abstract_data), model = _train_step(batch, model_name, bfloat16, remat)
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  state = init()
   rng = np.random.default_rng(0)
   data = {'x': rng.standard_normal((batch, 32, 32, 4)).astype(np.float32),
           'y': rng.integers(0, 1000, batch).astype(np.int32)}
-  data = jax.device_put(data, train_state.batch_sharding(mesh))
+  data = jax.device_put(data, {k: v.sharding for k, v in abstract_data.items()})
   key = jax.random.PRNGKey(1)
   forward = jax.jit(lambda p, x, y: model.apply(p, x, jnp.zeros(x.shape[:1]), y, train=False))
   flops = forward.lower(state.params, data['x'][:1], data['y'][:1]).compile().cost_analysis()
@@ -75,6 +93,30 @@ def ours(batch: int, steps: int, model_name: str = 'DiT-S/2',
     state, m = step(state, data, key)
   jax.block_until_ready(m)
   return steps / (time.perf_counter() - t0), float(flops['flops'])
+
+
+def memory(args) -> None:
+  """XLA's memory plan of one bfloat16 train step per remat policy, compiled, never run."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from gadc_jax.models import dit  # pylint: disable=g-import-not-at-top
+  device = jax.devices()[0].device_kind
+  print(f'{args.model} bfloat16 train step, 32x32x4 latents, batch {args.batch}, '
+        f'{jax.device_count()} x {device}: XLA memory plan (GiB)')
+  print(f'{"remat":<8}{"arguments":>10}{"outputs":>10}{"temporaries":>13}{"peak":>8}')
+  plans = {}
+  for remat in dit.REMAT_POLICIES:
+    step, (_, state, data), _ = _train_step(args.batch, args.model, True, remat)
+    plan = step.lower(state, data, jax.random.PRNGKey(1)).compile().memory_analysis()
+    # The state is donated, so outputs alias arguments: the peak is arguments + temporaries.
+    gib = {'arguments': plan.argument_size_in_bytes / 2**30,
+           'outputs': plan.output_size_in_bytes / 2**30,
+           'temporaries': plan.temp_size_in_bytes / 2**30}
+    gib['peak'] = gib['arguments'] + gib['temporaries']
+    plans[remat] = gib
+    print(f'{remat:<8}{gib["arguments"]:10.2f}{gib["outputs"]:10.2f}{gib["temporaries"]:13.2f}'
+          f'{gib["peak"]:8.2f}')
+  print(json.dumps({'device': device, 'model': args.model, 'batch': args.batch,
+                    'memory_gib': plans}))
 
 
 def theirs_in_child(batch: int, steps: int) -> float | None:
@@ -131,12 +173,19 @@ def main():
   parser.add_argument('--model', default='DiT-XL/2', help='the model of --mfu')
   parser.add_argument('--peak_tflops', type=float, default=0.0,
                       help='the device peak for --mfu; 0: from PEAK_BF16_TFLOPS')
+  parser.add_argument('--remat', default='none',
+                      help='the rematerialisation policy of --mfu (models/dit.py REMAT_POLICIES)')
+  parser.add_argument('--memory', action='store_true',
+                      help="XLA's memory plan of --model at --batch for every remat policy")
   args = parser.parse_args()
   if args.torch:
     print(json.dumps(theirs(args.batch, args.steps)))
     return
   if args.mfu:
     mfu(args)
+    return
+  if args.memory:
+    memory(args)
     return
   torch_sps = theirs_in_child(args.batch, args.steps)
   jax_sps, _ = ours(args.batch, args.steps)
@@ -160,15 +209,16 @@ def mfu(args) -> None:
   peak = args.peak_tflops or PEAK_BF16_TFLOPS.get(device)
   if not peak:
     sys.exit(f'no bfloat16 peak known for {device!r}: pass --peak_tflops')
-  sps, forward_flops = ours(args.batch, args.steps, args.model, bfloat16=True)
+  sps, forward_flops = ours(args.batch, args.steps, args.model, bfloat16=True,
+                            remat=args.remat)
   achieved = 3 * forward_flops * args.batch * sps / 1e12
   utilisation = achieved / (peak * jax.device_count())
-  print(f'{args.model} bfloat16, 32x32x4 latents, batch {args.batch}, {args.steps} timed steps, '
-        f'{jax.device_count()} x {device}')
+  print(f'{args.model} bfloat16, remat {args.remat}, 32x32x4 latents, batch {args.batch}, '
+        f'{args.steps} timed steps, {jax.device_count()} x {device}')
   print(f'{sps:.3f} steps/s, {sps * args.batch:.1f} images/s, {forward_flops / 1e9:.1f} GFLOP '
         f'a forward pass, {achieved:.1f} TFLOP/s: MFU {utilisation:.1%}')
   print(json.dumps({'device': device, 'model': args.model, 'batch': args.batch,
-                    'steps_per_s': sps, 'forward_gflops': forward_flops / 1e9,
+                    'remat': args.remat, 'steps_per_s': sps, 'forward_gflops': forward_flops / 1e9,
                     'mfu': utilisation}))
 
 

@@ -212,6 +212,9 @@ def train() -> ml_collections.ConfigDict:
       'seed': 0,
       'fsdp': 1,                 # size of the "fsdp" mesh axis (1: data parallel only).
       'bfloat16': False,
+      # DiT/SiT block rematerialisation: 'none' | 'block' | 'dots' (models/dit.py REMAT_POLICIES);
+      # memory for recomputation, never a different value.
+      'remat': 'none',
       'transport_path': 'linear',  # SiT only.
       'log_every': 100,
       'checkpoint_every': 1000,

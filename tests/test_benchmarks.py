@@ -64,6 +64,13 @@ def _check_mfu(record: dict) -> None:
   assert record['model'] == 'DiT-S/2' and record['forward_gflops'] > 0 and record['mfu'] > 0
 
 
+def _check_memory(record: dict) -> None:
+  assert set(record['memory_gib']) == {'none', 'block', 'dots'}
+  for plan in record['memory_gib'].values():
+    assert plan['peak'] == pytest.approx(plan['arguments'] + plan['temporaries'])
+    assert plan['arguments'] > 0
+
+
 RUNS = {
     'features_bench.py': [Run(
         ['--batch', '1', '--iters', '1', '--size', '75', '--dtypes', 'float32'],
@@ -82,8 +89,12 @@ RUNS = {
             frozenset({'device', 'batch', 'jax_steps_per_s', 'torch_steps_per_s', 'ratio'}),
             slow=True, check=_check_train),
         Run(['--mfu', '--peak_tflops', '1', '--model', 'DiT-S/2', '--batch', '2', '--steps', '1'],
-            frozenset({'device', 'model', 'batch', 'steps_per_s', 'forward_gflops', 'mfu'}),
+            frozenset({'device', 'model', 'batch', 'remat', 'steps_per_s', 'forward_gflops',
+                       'mfu'}),
             slow=True, check=_check_mfu),
+        Run(['--memory', '--model', 'DiT-S/8', '--batch', '2'],
+            frozenset({'device', 'model', 'batch', 'memory_gib'}), slow=True,
+            check=_check_memory),
     ],
 }
 

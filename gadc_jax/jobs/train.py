@@ -37,6 +37,7 @@ from gadc_jax import validation
 from gadc_jax.data import input_pipeline
 from gadc_jax.diffusion import gaussian
 from gadc_jax.diffusion import transport as transport_lib
+from gadc_jax.models import dit as dit_lib
 from gadc_jax.training import checkpoints
 from gadc_jax.training import dataset as dataset_lib
 from gadc_jax.training import loss as loss_lib
@@ -52,6 +53,7 @@ def _check_config(cfg) -> None:
                      non_negative=('weight_decay',), fractions=('ema_decay', 'class_dropout'))
   validation.require(cfg.repa, 'config.train.repa', non_negative=('weight',))
   generator.check_space(cfg)
+  dit_lib.block_class(cfg.remat)  # an unknown policy is named before anything is built.
   if cfg.space == 'latent':
     validation.require(cfg.vae, 'config.train.vae', positive=('scale',))
   generator.check_sampler(cfg, cfg.sampler, 'config.train.sampler')

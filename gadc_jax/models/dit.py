@@ -198,6 +198,26 @@ class DiTBlock(nn.Module):
     return x + gate_mlp * mlp(h)
 
 
+# Rematerialisation of the DiT blocks (config.train.remat): what the backward pass keeps from
+# the forward pass of each block. 'none' keeps every activation; 'block' keeps only the block's
+# input and recomputes the rest; 'dots' keeps the matmul outputs and recomputes the cheap
+# elementwise work (norms, modulation, GELU, softmax) between them.
+REMAT_POLICIES = {
+    'none': None,
+    'block': jax.checkpoint_policies.nothing_saveable,
+    'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def block_class(remat: str) -> type:
+  """DiTBlock, wrapped in nn.remat with the policy named by remat (a key of REMAT_POLICIES)."""
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f'unknown remat policy {remat!r}; expected one of {sorted(REMAT_POLICIES)}')
+  if remat == 'none':
+    return DiTBlock
+  return nn.remat(DiTBlock, policy=REMAT_POLICIES[remat])
+
+
 class FinalLayer(nn.Module):
   """Modulated norm and linear map of tokens x [B, N, D] -> [B, N, features]; zero at start."""
   features: int
@@ -234,7 +254,8 @@ class DiT(nn.Module):
   so the model starts as the plain class-conditional one; dropped labels get no text.
 
   dtype is the computation dtype (e.g. jnp.bfloat16); parameters stay float32 and the outputs
-  are float32.
+  are float32. remat names the blocks' rematerialisation policy (REMAT_POLICIES): it trades
+  recomputation for activation memory and changes no value.
   """
   depth: int
   hidden: int
@@ -250,6 +271,7 @@ class DiT(nn.Module):
   text_tokens: int = 0
   text_dim: int = 0
   dtype: Any = jnp.float32
+  remat: str = 'none'
 
   @nn.compact
   def __call__(self, x, t, y, *, train: bool, drop_labels: Optional[jnp.ndarray] = None,
@@ -286,8 +308,9 @@ class DiT(nn.Module):
     c = t_emb + y_emb
 
     extras = {}
+    block = block_class(self.remat)
     for i in range(self.depth):
-      x = DiTBlock(self.heads, self.mlp_ratio, dtype=self.dtype, name=f'blocks_{i}')(x, c)
+      x = block(self.heads, self.mlp_ratio, dtype=self.dtype, name=f'blocks_{i}')(x, c)
       if i + 1 == self.repa_depth:
         # The REPA projector: a 3-layer SiLU MLP, float32 out for the loss.
         projector = Mlp((self.repa_hidden, self.repa_hidden, self.repa_dim),
