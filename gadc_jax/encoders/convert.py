@@ -190,16 +190,18 @@ def t5_encoder_from_folder(folder: str) -> tuple[t5.T5Config, dict]:
   index = os.path.join(folder, 'model.safetensors.index.json')
   if os.path.isfile(index):
     with open(index) as f:
-      shards = sorted(set(json.load(f)['weight_map'].values()))
-    state_dict = {}
-    for shard in shards:
-      state_dict.update(load_state_dict(os.path.join(folder, shard)))
-    return config, t5_encoder_from_torch(state_dict, config)
-  for name in ('model.safetensors', 'pytorch_model.bin'):
-    if os.path.isfile(os.path.join(folder, name)):
-      return config, t5_encoder_from_torch(os.path.join(folder, name), config)
-  raise FileNotFoundError(f'{folder} has no model.safetensors, model.safetensors.index.json '
-                          'or pytorch_model.bin')
+      files = sorted(set(json.load(f)['weight_map'].values()))
+  else:
+    files = [name for name in ('model.safetensors', 'pytorch_model.bin')
+             if os.path.isfile(os.path.join(folder, name))][:1]
+  if not files:
+    raise FileNotFoundError(f'{folder} has no model.safetensors, model.safetensors.index.json '
+                            'or pytorch_model.bin')
+  state_dict = {}
+  for name in files:  # the decoder's tensors (half of FLAN-T5) are dropped as each file is read.
+    state_dict.update({k: v for k, v in load_state_dict(os.path.join(folder, name)).items()
+                       if k.startswith(('shared.', 'encoder.'))})
+  return config, t5_encoder_from_torch(state_dict, config)
 
 
 def _modern_dinov2_names(state_dict: StateDict) -> StateDict:

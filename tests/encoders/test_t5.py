@@ -56,13 +56,16 @@ def test_tokenize_matches_transformers(tmp_path):
   assert mask[0].sum() < LENGTH and ids[0, -1] == 0
 
 
-def test_folder_converts_and_the_decoder_is_ignored(tmp_path):
+@pytest.mark.parametrize('max_shard_size', ['5GB', '8KB'])
+def test_folder_converts_and_the_decoder_is_ignored(tmp_path, max_shard_size):
   config = transformers.T5Config(vocab_size=40, d_model=16, d_kv=4, d_ff=24, num_layers=1,
                                  num_decoder_layers=1, num_heads=2,
                                  feed_forward_proj='gated-gelu')
   torch.manual_seed(1)
   full = transformers.T5ForConditionalGeneration(config).eval()
-  full.save_pretrained(str(tmp_path))
+  full.save_pretrained(str(tmp_path), max_shard_size=max_shard_size)
+  sharded = os.path.exists(tmp_path / 'model.safetensors.index.json')
+  assert sharded == (max_shard_size == '8KB')
   got_config, variables = convert.t5_encoder_from_folder(str(tmp_path))
   assert got_config == t5.T5Config.from_json(config.to_dict())
   ids = np.array([[5, 6, 7, 1]])
