@@ -76,7 +76,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.select.eval_networks = ()
   config.select.gadc = defaults.gadc('inception_v3')
 
+  # TFDS labels ImageNet by WordNet id (n01440764); the text is the synset mapping's words.
   config.text_embeddings = defaults.text_embeddings()
+  config.text_embeddings.class_names = 'LOC_synset_mapping.txt'  # give its path.
   config.repa_targets = defaults.repa_targets()
 
   config.train = defaults.train()
