@@ -37,8 +37,3 @@ def hf_tokenizer() -> 'transformers.T5TokenizerFast':
   return transformers.T5TokenizerFast(tokenizer_object=tok, pad_token='<pad>',
                                       eos_token='</s>', unk_token='<unk>', extra_ids=0)
 
-
-def save_checkpoint_folder(folder: str, model, tokenizer) -> None:
-  """The files of a local FLAN-T5 folder: config.json, model.safetensors, tokenizer.json."""
-  model.save_pretrained(folder)
-  tokenizer.save_pretrained(folder)
