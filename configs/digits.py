@@ -38,6 +38,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.select.method = 'gadc'
   config.select.budget = '10%'
 
+  # D2C's Attach inputs, off here (set a T5 checkpoint folder and a REPA network to use).
+  config.text_embeddings = defaults.text_embeddings()
+  config.repa_targets = defaults.repa_targets()
+
   # A small DiT on the 8x8 pixels of the selection (16 tokens of 2x2 patches).
   config.train = defaults.train()
   config.train.selection = '@select'

@@ -15,6 +15,22 @@ Arguments (`:name=value,...`):
   smoke   True: the same stages at toy sizes (a DiT-S/2 of depth 1, a few steps and
           samples), to check a setup end to end before a long run.
 
+D2C's Attach (SPEC_TRAINING) adds two stages before train, each with local weights:
+
+    --config.stages="('features','select','text_embeddings','repa_targets','train',
+                      'sample','evaluate')" \\
+      --config.text_embeddings.checkpoint=/weights/flan-t5-xl \\
+      --config.text_embeddings.class_names=/data/imagenet/LOC_synset_mapping.txt \\
+      --config.networks.dinov2.checkpoint=/weights/dinov2-base/model.safetensors \\
+      --config.train.repa.features=dinov2 --config.train.model_overrides.repa_depth=8 \\
+      --config.train.text_embeddings=WORKDIR/text_embeddings/flan-t5-xl/text_embeddings.npz
+
+The class names come from ImageNet's LOC_synset_mapping.txt (ILSVRC localisation data;
+lines 'n01440764 tench, Tinca tinca', keyed by TFDS's WordNet-id labels), read by the
+text_embeddings job, which writes WORKDIR/text_embeddings/NAME/text_embeddings.npz
+(WORKDIR: the --workdir). The REPA targets are DINOv2-B patch tokens of the selected images
+at 224 px (16 x 16), stored float16 beside the selection by the repa_targets job.
+
 Weights are local files of the published checkpoints; nothing is downloaded. Selection uses
 the release's default encoder, torchvision's Inception-v3, with its preset (epsilon 12,
 w_ce 1200).
@@ -43,6 +59,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       'selection': {'arch': 'inception_v3', 'checkpoint': '', 'input_size': 299},
       'inception': {'arch': 'inception_v3_fid', 'checkpoint': '', 'input_size': 299,
                     'with_spatial': True},
+      # REPA's target encoder (used when config.train.repa.features names it).
+      'dinov2': {'arch': 'dinov2_b14', 'checkpoint': '', 'input_size': 224,
+                 'with_patch_tokens': True},
   })
   config.classifier = defaults.classifier()
   config.classifier.networks = ()
@@ -56,6 +75,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.select.budget = args.budget
   config.select.eval_networks = ()
   config.select.gadc = defaults.gadc('inception_v3')
+
+  # TFDS labels ImageNet by WordNet id (n01440764); the text is the synset mapping's words.
+  config.text_embeddings = defaults.text_embeddings()
+  config.text_embeddings.class_names = 'LOC_synset_mapping.txt'  # give its path.
+  config.repa_targets = defaults.repa_targets()
 
   config.train = defaults.train()
   config.train.selection = '@select'

@@ -3,13 +3,15 @@
 Config files (configs/*.py) build on these, so reading a config loads no framework. Each
 function returns a fresh ConfigDict for one section of the experiment config:
 
-    config.data        data()            the dataset and its preprocessing
-    config.classifier  classifier()      the train_classifier job
-    config.features    features()        the features job
-    config.select      select()          the select job, every method's options by name
-    config.train       train()           the train job (DiT / SiT)
-    config.sample      sample()          the sample job
-    config.evaluate    evaluate()        the evaluate job
+    config.data             data()             the dataset and its preprocessing
+    config.classifier       classifier()       the train_classifier job
+    config.features         features()         the features job
+    config.select           select()           the select job, every method's options by name
+    config.text_embeddings  text_embeddings()  class names through a T5 encoder (D2C Attach a)
+    config.repa_targets     repa_targets()     REPA's patch tokens of the training images
+    config.train            train()            the train job (DiT / SiT)
+    config.sample           sample()           the sample job
+    config.evaluate         evaluate()         the evaluate job
 
 The libraries read these fields; their meaning is documented here, once.
 """
@@ -186,6 +188,34 @@ def sampler() -> ml_collections.ConfigDict:
   })
 
 
+def text_embeddings() -> ml_collections.ConfigDict:
+  """config.text_embeddings: the class names of config.train.split through the T5 encoder
+  of a local checkpoint folder, as D2C's Attach conditions on them (FLAN-T5-XL, 16 tokens)."""
+  return ml_collections.ConfigDict({
+      # A local transformers folder of FLAN-T5 (or any T5 v1.1 / T5): config.json, the
+      # weights (model.safetensors, its sharded index, or pytorch_model.bin) and
+      # tokenizer.json. Nothing is downloaded.
+      'checkpoint': '',
+      # '' = the dataset's label names; else a text file of lines 'LABEL TEXT', LABEL a label
+      # name of the dataset and TEXT what the encoder reads for it (ImageNet's
+      # LOC_synset_mapping.txt has this form: 'n01440764 tench, Tinca tinca').
+      'class_names': '',
+      'tokens': 16,            # padded / truncated to this many (</s> kept last).
+      'batch_size': 64,
+      'name': '',              # output folder; '' = the checkpoint folder's name.
+  })
+
+
+def repa_targets() -> ml_collections.ConfigDict:
+  """config.repa_targets: the patch tokens of network config.train.repa.features (e.g.
+  DINOv2-B at 224 px) for the images config.train trains on, stored float16 beside the
+  selection."""
+  return ml_collections.ConfigDict({
+      'batch_size': 64,
+      'shard_size': 1000,      # images per resumable file.
+  })
+
+
 def train() -> ml_collections.ConfigDict:
   """config.train: a DiT (Gaussian diffusion) or SiT (transport) on a selection or a split."""
   return ml_collections.ConfigDict({
@@ -224,8 +254,9 @@ def train() -> ml_collections.ConfigDict:
       # D2C's Attach (a): per-class text embeddings, a .npy [num_classes, tokens, width].
       'text_embeddings': '',
       # D2C's Attach (b), REPA: align the tokens after block model_overrides.repa_depth to
-      # precomputed encoder patch features, a .npy [num_examples_of_split, tokens, width]
-      # (e.g. DINOv2-B patch tokens), by negative cosine similarity with this weight.
+      # the patch tokens [tokens, width] of each training image under the network of
+      # config.networks named `features` ('' = no REPA; e.g. DINOv2-B patch tokens), which
+      # the repa_targets job stores, by negative cosine similarity with this weight.
       'repa': ml_collections.ConfigDict({'features': '', 'weight': 0.5}),
   })
 

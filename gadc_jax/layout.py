@@ -3,6 +3,9 @@
     WORKDIR/classifiers/NETWORK/            train_classifier
     WORKDIR/features/NETWORK-SPLIT/         features
     WORKDIR/selections/SELECTION/           select
+    WORKDIR/selections/SELECTION/repa-NET/  repa_targets (REPA targets of a selection)
+    WORKDIR/repa/NET-SPLIT/                 repa_targets (of a whole split)
+    WORKDIR/text_embeddings/NAME/           text_embeddings
     WORKDIR/train/RUN/                      train
     WORKDIR/samples/RUN/                    sample
     WORKDIR/eval/RUN.json, eval/RUN/        evaluate
@@ -38,6 +41,26 @@ def trained_selection(config) -> str:
   if config.train.selection == '@select':
     return selection_name(config.select)
   return config.train.selection
+
+
+def repa_targets_dir(workdir: str, config) -> str:
+  """Where the REPA targets of the images config.train trains on live: beside their
+  selection, or (training on a whole split) under WORKDIR/repa."""
+  network, selection = config.train.repa.features, trained_selection(config)
+  if selection:
+    return os.path.join(selection_dir(workdir, selection), f'repa-{network}')
+  return os.path.join(workdir, 'repa', f'{network}-{config.train.split}')
+
+
+def text_embeddings_dir(workdir: str, cfg) -> str:
+  """config.text_embeddings' folder: its name, or its checkpoint folder's name."""
+  name = cfg.name or os.path.basename(os.path.normpath(cfg.checkpoint))
+  return os.path.join(workdir, 'text_embeddings', name)
+
+
+def text_embeddings_file(workdir: str, cfg) -> str:
+  """The .npz the text_embeddings job writes: tokens [C, L, W] float32, mask [C, L]."""
+  return os.path.join(text_embeddings_dir(workdir, cfg), 'text_embeddings.npz')
 
 
 def train_name(config) -> str:

@@ -11,10 +11,13 @@ ignored; anything missing or misshaped is a ValueError naming the tensors.
     features, logits = InceptionV3FID().apply(variables, images)
 
 The `*_from_torch` functions take a state dict of numpy arrays (name -> array; torch CPU
-tensors work too) or a path to a checkpoint file, read by `load_state_dict`.
+tensors work too) or a path to a checkpoint file, read by `load_state_dict`;
+`t5_encoder_from_folder` reads a transformers checkpoint folder (config.json and weights).
 """
 
 import functools
+import json
+import os
 import re
 from typing import Any, Callable, Mapping, Union
 
@@ -26,13 +29,14 @@ from flax import traverse_util
 from gadc_jax.encoders import dinov2
 from gadc_jax.encoders import inception
 from gadc_jax.encoders import resnet
+from gadc_jax.encoders import t5
 
 StateDict = Mapping[str, Any]
 Source = Union[str, StateDict]
 
 # Leaf names: Flax -> PyTorch.
-_LEAF_NAMES = {'kernel': 'weight', 'scale': 'weight', 'mean': 'running_mean',
-               'var': 'running_var'}
+_LEAF_NAMES = {'kernel': 'weight', 'scale': 'weight', 'embedding': 'weight',
+               'mean': 'running_mean', 'var': 'running_var'}
 
 # Older checkpoints of transformers' Dinov2Model (those published as facebook/dinov2-*) use
 # the pre-5.0 attention names; transformers renames them on load, and so do we.
@@ -141,6 +145,65 @@ def dinov2_from_torch(state_dict: Source, size: str, image_size: int = 518) -> d
                   (1, dinov2.PATCH, dinov2.PATCH, 3), rename, f'DINOv2 ViT-{size.upper()}/14')
 
 
+def t5_encoder_from_torch(state_dict: Source, config: t5.T5Config) -> dict:
+  """Flax variables {'params'} for `t5.T5Encoder(config)` from the weights of transformers'
+  T5EncoderModel or T5ForConditionalGeneration (the decoder's tensors are ignored), as a
+  dict of arrays or a file path."""
+  rules = ((r'^embed_tokens\.', 'shared.'),
+           (r'^relative_attention_bias\.',
+            'encoder.block.0.layer.0.SelfAttention.relative_attention_bias.'),
+           (r'^block_(\d+)_attention_norm\.', r'encoder.block.\1.layer.0.layer_norm.'),
+           (r'^block_(\d+)_attention\.', r'encoder.block.\1.layer.0.SelfAttention.'),
+           (r'^block_(\d+)_mlp_norm\.', r'encoder.block.\1.layer.1.layer_norm.'),
+           (r'^block_(\d+)_mlp\.', r'encoder.block.\1.layer.1.DenseReluDense.'),
+           (r'^final_layer_norm\.', 'encoder.final_layer_norm.'))
+
+  def rename(name):
+    for pattern, repl in rules:
+      name = re.sub(pattern, repl, name)
+    return name
+
+  state_dict, origin = _read(state_dict)
+  # Checkpoints that tie the embedding may keep it under the encoder's name only.
+  if 'shared.weight' not in state_dict and 'encoder.embed_tokens.weight' in state_dict:
+    state_dict = {**state_dict, 'shared.weight': state_dict['encoder.embed_tokens.weight']}
+  return _convert(state_dict, origin, t5.T5Encoder(config), (1, 2), rename, 'T5 encoder',
+                  input_dtype=jnp.int32)
+
+
+def t5_encoder_from_folder(folder: str) -> tuple[t5.T5Config, dict]:
+  """(config, Flax variables) of the T5 encoder in a local transformers checkpoint folder:
+  config.json and model.safetensors, sharded safetensors (model.safetensors.index.json) or
+  pytorch_model.bin. Nothing is downloaded."""
+  config_path = os.path.join(folder, 'config.json')
+  if not os.path.isfile(config_path):
+    raise FileNotFoundError(f'{folder} has no config.json: not a transformers checkpoint folder')
+  with open(config_path) as f:
+    try:
+      values = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f'{config_path} is not valid JSON ({e})') from None
+  try:
+    config = t5.T5Config.from_json(values)
+  except TypeError as e:  # a required size is missing.
+    raise ValueError(f'{config_path} is not a T5 config ({e})') from None
+  index = os.path.join(folder, 'model.safetensors.index.json')
+  if os.path.isfile(index):
+    with open(index) as f:
+      files = sorted(set(json.load(f)['weight_map'].values()))
+  else:
+    files = [name for name in ('model.safetensors', 'pytorch_model.bin')
+             if os.path.isfile(os.path.join(folder, name))][:1]
+  if not files:
+    raise FileNotFoundError(f'{folder} has no model.safetensors, model.safetensors.index.json '
+                            'or pytorch_model.bin')
+  state_dict = {}
+  for name in files:  # the decoder's tensors (half of FLAN-T5) are dropped as each file is read.
+    state_dict.update({k: v for k, v in load_state_dict(os.path.join(folder, name)).items()
+                       if k.startswith(('shared.', 'encoder.'))})
+  return config, t5_encoder_from_torch(state_dict, config)
+
+
 def _modern_dinov2_names(state_dict: StateDict) -> StateDict:
   renamed = {}
   for name, value in state_dict.items():
@@ -161,13 +224,14 @@ def _read(source: Source) -> tuple[StateDict, str]:
 
 
 def _convert(state_dict: StateDict, origin: str, model, input_shape: tuple[int, ...],
-             torch_name: Callable[[str], str], what: str) -> dict:
+             torch_name: Callable[[str], str], what: str, input_dtype=jnp.float32) -> dict:
   """Maps a state dict onto the variables `model` expects.
 
   Args:
     state_dict: name -> array.
     origin: the state dict's name in messages (its file path, say).
-    model: the Flax module; its variables' shapes come from tracing init on `input_shape`.
+    model: the Flax module; its variables' shapes come from tracing init on an input of
+      `input_shape` and `input_dtype` (images, or token ids).
     torch_name: dotted Flax module path + '.' + leaf -> dotted PyTorch name, before the
       leaf rename (e.g. 'layer1_0.conv1.kernel' -> 'layer1.0.conv1.kernel').
     what: the model's name for messages.
@@ -176,7 +240,7 @@ def _convert(state_dict: StateDict, origin: str, model, input_shape: tuple[int, 
   if state_dict and all(k.startswith('module.') for k in state_dict):
     state_dict = {k[len('module.'):]: v for k, v in state_dict.items()}
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0),
-                          jax.ShapeDtypeStruct(input_shape, jnp.float32))
+                          jax.ShapeDtypeStruct(input_shape, input_dtype))
   expected = traverse_util.flatten_dict(shapes)
   missing, misshaped, flat = [], [], {}
   # Weights before running stats, so that messages name the more telling tensors first.

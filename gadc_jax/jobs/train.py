@@ -31,7 +31,9 @@ import numpy as np
 from gadc_jax import artifacts
 from gadc_jax import generator
 from gadc_jax import layout
+from gadc_jax import networks
 from gadc_jax import preemption
+from gadc_jax import repa_targets
 from gadc_jax import report
 from gadc_jax import validation
 from gadc_jax.data import input_pipeline
@@ -77,6 +79,8 @@ def _inputs(config, description: dict, image_shape) -> dict:
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   cfg = config.train
   _check_config(cfg)
+  if cfg.repa.features:
+    networks.check_use(config, 'config.train.repa.features', [cfg.repa.features])
   sit = generator.family(cfg) == 'SiT'
   # Built before any work: they check the transport path and that fsdp divides the devices.
   transport = transport_lib.create_transport(cfg.transport_path) if sit else None
@@ -91,6 +95,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, out: str, mesh,
   cfg = config.train
   info = input_pipeline.split_info(config.data, cfg.split)
   positions, labels, description = dataset_lib.training_positions(config, workdir)
+  # Refused here, before any work, when made for other images or another network.
+  targets = repa_targets.open_targets(config, workdir) if cfg.repa.features else None
+  if targets is not None:
+    description['repa_targets'] = targets.fingerprint
   shape = generator.model_space_shape(cfg, info.image_shape)
   inputs = _inputs(config, description, shape)
   expected = artifacts.fingerprint(inputs)
@@ -119,7 +127,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, out: str, mesh,
   if os.path.exists(data_path):
     data = dataset_lib.load(data_path)
   else:
-    data = dataset_lib.build_training_set(config, positions, labels, vae)
+    data = dataset_lib.build_training_set(config, positions, labels, vae,
+                                          targets.load() if targets else None)
     if jax.process_index() == 0:
       dataset_lib.save(data_path, data)
   logging.info('training %s on %d images %s', cfg.model, len(data.labels), data.x.shape[1:])

@@ -20,7 +20,7 @@ from gadc_jax.data import input_pipeline
 class TrainingSet(NamedTuple):
   """The training images in model space. x: [N, h, w, c] (pixels in [-1, 1]) or, for
   latents, the SD-VAE posterior moments `mean` and `logvar`; labels [N] int32; repa: the
-  REPA targets [N, tokens, width] or None."""
+  REPA targets [N, tokens, width] float16 (widened to float32 per batch) or None."""
   x: np.ndarray
   logvar: np.ndarray | None
   labels: np.ndarray
@@ -66,9 +66,10 @@ def _verify_selection(folder: str, summary: dict) -> None:
         'the class files')
 
 
-def build_training_set(config, positions: np.ndarray, labels: np.ndarray,
-                       vae=None) -> TrainingSet:
-  """Reads the images once and puts them in model space (encoding latents in batches)."""
+def build_training_set(config, positions: np.ndarray, labels: np.ndarray, vae=None,
+                       repa: np.ndarray | None = None) -> TrainingSet:
+  """Reads the images once and puts them in model space (encoding latents in batches);
+  `repa` is the images' REPA targets [N, tokens, width] (repa_targets.RepaTargets.load)."""
   cfg = config.train
   xs, logvars = [], []
   chunk = 256
@@ -82,11 +83,6 @@ def build_training_set(config, positions: np.ndarray, labels: np.ndarray,
       mean, logvar = jax.jit(lambda p, x: model.apply(p, x, method='encode'))(params, pixels)
       xs.append(np.asarray(mean))
       logvars.append(np.asarray(logvar))
-  repa = None
-  if cfg.repa.features:
-    if not os.path.exists(cfg.repa.features):
-      raise FileNotFoundError(f'REPA features file {cfg.repa.features} does not exist')
-    repa = np.asarray(np.load(cfg.repa.features, mmap_mode='r')[positions], np.float32)
   return TrainingSet(np.concatenate(xs), np.concatenate(logvars) if logvars else None,
                      np.asarray(labels, np.int32), repa)
 
@@ -109,8 +105,8 @@ def host_batch(data: TrainingSet, idx: np.ndarray, flip_key: jax.Array | None) -
   idx = idx[rows.start:rows.stop]
   batch = {'x': data.x[idx], 'y': data.labels[idx]}
   for name in ('logvar', 'repa'):
-    if getattr(data, name) is not None:
-      batch[name] = getattr(data, name)[idx]
+    if getattr(data, name) is not None:  # REPA targets are kept float16.
+      batch[name] = np.asarray(getattr(data, name)[idx], np.float32)
   if flip_key is not None:
     flip = np.asarray(jax.random.bernoulli(flip_key, 0.5, (len(idx),)))
     for k in ('x', 'logvar'):

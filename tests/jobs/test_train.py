@@ -16,6 +16,7 @@ from gadc_jax import defaults
 from gadc_jax import generator
 from gadc_jax import layout
 from gadc_jax import preemption
+from gadc_jax import repa_targets
 from gadc_jax.diffusion import gaussian
 from gadc_jax.jobs import sample
 from gadc_jax.jobs import train
@@ -189,15 +190,29 @@ def test_bad_input(tfds_dir, tmp_path):
     train.run(config, str(tmp_path / 'c'))
 
 
+def _write_repa_targets(config, workdir: str, tokens: np.ndarray) -> None:
+  """REPA targets [N, T, W] float16 of config.train's images, recorded as the repa_targets
+  job records them (computing them is that job's test)."""
+  out = layout.repa_targets_dir(workdir, config)
+  inputs = repa_targets.expected_inputs(config, workdir)
+  artifacts.atomic_write_npy(os.path.join(out, repa_targets.shard_name(0)), tokens)
+  artifacts.atomic_write_json(os.path.join(out, 'manifest.json'), {
+      'fingerprint': artifacts.fingerprint(inputs), 'inputs': inputs,
+      'files': artifacts.describe_files(out, [repa_targets.shard_name(0)])})
+
+
 def test_repa_and_text_embeddings(tfds_dir, tmp_path):
   rng = np.random.default_rng(0)
-  text_path, repa_path = str(tmp_path / 'text.npy'), str(tmp_path / 'repa.npy')
+  text_path = str(tmp_path / 'text.npy')
   np.save(text_path, rng.standard_normal((10, 3, 5)).astype(np.float32))
-  np.save(repa_path, rng.standard_normal((1437, 16, 6)).astype(np.float32))  # 4x4 tokens
   config = tiny_config(tfds_dir, steps=2, text_embeddings=text_path)
   config.train.model_overrides.update({'repa_depth': 1, 'repa_dim': 6, 'repa_hidden': 16})
-  config.train.repa.features = repa_path
+  # Only its checkpoint's bytes enter the targets' fingerprint here.
+  config.networks.repa = {'arch': 'dinov2_s14', 'checkpoint': text_path}
+  config.train.repa.features = 'repa'
   workdir = str(tmp_path / 'w')
+  _write_repa_targets(config, workdir,
+                      rng.standard_normal((1437, 16, 6)).astype(np.float16))  # 4x4 tokens
   train.run(config, workdir)
   assert sample.run(config, workdir)['num_samples'] == 12
 
@@ -220,8 +235,7 @@ def test_repa_and_text_embeddings(tfds_dir, tmp_path):
 
 
 def test_repa_needs_a_head(tfds_dir, tmp_path):
-  np.save(str(tmp_path / 'repa.npy'), np.zeros((1437, 16, 6), np.float32))
   config = tiny_config(tfds_dir)
-  config.train.repa.features = str(tmp_path / 'repa.npy')
+  config.train.repa.features = 'selection'
   with pytest.raises(ValueError, match='repa_depth'):
     train.run(config, str(tmp_path / 'w'))
