@@ -7,7 +7,8 @@ The definitions follow ADM's evaluator (Dhariwal & Nichol, 2021, `evaluations/ev
   (N - 1) covariance, as np.cov.
 - sFID: the same distance on spatial features (ADM: the first 7 channels of Inception's
   mixed_6/conv, [N, 17, 17, 7] flattened to 2023-d).
-- Inception Score: exp(E_x KL(p(y|x) || p(y))) per split, p(y) the split's marginal.
+- Inception Score: exp(E_x KL(p(y|x) || p(y))) per split, p(y) the split's marginal; for
+  Inception, p(y|x) = softmax(pool_3 . W) without the head's bias (the FID network's logits).
 - Improved precision and recall (Kynkäänniemi et al., 2019): a sample lies in a set's manifold
   if it is within the k-NN radius of one of the set's points.
 
@@ -202,11 +203,12 @@ def reference_statistics(npz_path: str) -> dict[str, tuple[np.ndarray, np.ndarra
 def inception_score(logits: Any, splits: int = 10) -> tuple[float, float]:
   """(mean, std) over `splits` contiguous splits of exp(E_x KL(p(y|x) || p(y))).
 
-  As TTUR / the original implementation (ADM reports the mean over splits of 5,000); std is
-  the population std over splits.
+  As the original implementation (openai/improved-gan) and ADM, which report the mean over
+  splits of 5,000; std is the population std over splits.
 
   Args:
-    logits: [N, K] classifier logits; N >= splits.
+    logits: [N, K] classifier logits; N >= splits. For the FID Inception network these are
+      pool_3 . W without the head's bias, the logits of improved-gan and ADM.
     splits: number of splits.
   """
   logits = _check_features('logits', logits, min_samples=max(splits, 1))

@@ -1,4 +1,5 @@
-"""FID / sFID / IS / precision-recall against scipy, closed forms and brute force."""
+"""FID / sFID / IS / precision-recall against scipy, ADM's formula, closed forms and brute
+force."""
 
 import numpy as np
 import pytest
@@ -94,6 +95,32 @@ def test_inception_score_extremes():
   assert abs(mean - k) < 1e-4 and std < 1e-4
   mean, std = metrics.inception_score(np.zeros((100, k)), splits=splits)
   assert abs(mean - 1.0) < 1e-4 and std < 1e-4
+
+
+def _adm_inception_score(pool, weights, split_size):
+  """ADM's evaluator (after openai/improved-gan): softmax(pool_3 . W) with W the weights of
+  the graph's softmax/logits/MatMul, no bias; the mean over contiguous splits of
+  exp(mean_x KL(p(y|x) || p(y)))."""
+  logits = pool @ weights
+  exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+  preds = exp / exp.sum(axis=1, keepdims=True)
+  scores = []
+  for i in range(0, len(preds), split_size):
+    part = preds[i:i + split_size]
+    kl = part * (np.log(part) - np.log(np.expand_dims(np.mean(part, 0), 0)))
+    scores.append(np.exp(np.mean(np.sum(kl, 1))))
+  return np.mean(scores)
+
+
+def test_inception_score_of_pool_features_times_weights_equals_adms():
+  # The FID network's logits are pool_3 . W (tests/encoders/test_inception.py).
+  rng = np.random.default_rng(8)
+  pool = rng.uniform(0, 2, (60, 32))  # pool_3 is post-ReLU, non-negative
+  weights = rng.standard_normal((32, 20))
+  mean, _ = metrics.inception_score(pool @ weights, splits=3)
+  expected = _adm_inception_score(pool, weights, split_size=20)
+  assert expected > 2.0  # a case that tests something
+  np.testing.assert_allclose(mean, expected, rtol=1e-10)
 
 
 def _brute_force_precision_recall(real, fake, k):
