@@ -1,4 +1,4 @@
-"""The evaluate job: FID, sFID, Inception Score, precision and recall of a samples file.
+"""The evaluate job: FID, sFID, KID, Inception Score, precision and recall of a samples file.
 
 Both the samples and a reference set are embedded by every network of `evaluate.networks`
 (names in config.networks, loaded with networks.load_network); each network is a
@@ -125,12 +125,12 @@ def compute_metrics(samples: dict[str, np.ndarray], reference: dict[str, np.ndar
   """(metrics named NAME_NETWORK, skipped metrics with the reason) for one feature space.
 
   Precision and recall come from one computation, so asking for either reports both; 'is'
-  adds its std over splits as is_std_NETWORK.
+  and 'kid' add their std (over splits, over subsets) as is_std_NETWORK and kid_std_NETWORK.
 
   Args:
     samples, reference: embeddings (see `embed`) in the space of `network`.
     network: its name, the suffix of every metric name.
-    cfg: config.evaluate (metrics, k, is_splits).
+    cfg: config.evaluate (metrics, k, is_splits, kid_subsets, kid_subset_size, kid_seed).
   """
   results, skipped = {}, {}
   for name in cfg.metrics:
@@ -145,6 +145,10 @@ def compute_metrics(samples: dict[str, np.ndarray], reference: dict[str, np.ndar
     elif name == 'is':
       results[key], results[f'is_std_{network}'] = metrics_lib.inception_score(
           samples['logits'], cfg.is_splits)
+    elif name == 'kid':
+      results[key], results[f'kid_std_{network}'] = metrics_lib.kid_from_features(
+          samples['features'], reference['features'], cfg.kid_subset_size, cfg.kid_subsets,
+          cfg.kid_seed)
     elif f'precision_{network}' not in results:  # precision or recall: one computation.
       precision, recall = metrics_lib.precision_recall(
           reference['features'], samples['features'], k=cfg.k)
@@ -154,8 +158,12 @@ def compute_metrics(samples: dict[str, np.ndarray], reference: dict[str, np.ndar
 
 def _check_config(config: ml_collections.ConfigDict) -> None:
   cfg = config.evaluate
-  validation.require(cfg, 'config.evaluate', positive_ints=('batch_size', 'k', 'is_splits'),
-                     non_negative_ints=('step',))
+  validation.require(cfg, 'config.evaluate',
+                     positive_ints=('batch_size', 'k', 'is_splits', 'kid_subsets'),
+                     non_negative_ints=('step', 'kid_seed'))
+  if not (isinstance(cfg.kid_subset_size, int) and cfg.kid_subset_size >= 2):
+    raise ValueError('config.evaluate.kid_subset_size must be an integer >= 2 (an unbiased '
+                     f'MMD needs pairs), got {cfg.kid_subset_size!r}')
   unknown = [m for m in cfg.metrics if m not in defaults.EVALUATION_METRICS]
   if unknown:
     raise ValueError(f'config.evaluate.metrics: unknown {", ".join(unknown)}; known: '
@@ -214,6 +222,7 @@ def _evaluate(config: ml_collections.ConfigDict, workdir: str, out_name: str,
       'networks': {name: [record['arch'], record['params_fingerprint']]
                    for name, (_, _, record) in loaded.items()},
       'options': {'metrics': list(cfg.metrics), 'k': cfg.k, 'is_splits': cfg.is_splits,
+                  'kid': [cfg.kid_subsets, cfg.kid_subset_size, cfg.kid_seed],
                   'adm_stats_network': cfg.adm_stats_network},
   }
   expected = artifacts.fingerprint(inputs)

@@ -23,6 +23,7 @@ def _config(config, samples, out_name):
   config.evaluate.out_name = out_name
   config.evaluate.batch_size = 128
   config.evaluate.is_splits = 2
+  config.evaluate.kid_subsets = 10
   return config
 
 
@@ -51,9 +52,11 @@ def test_real_images_score_well_and_noise_badly(evaluated):
   _, _, real, noise = evaluated
   m, n = real['metrics'], noise['metrics']
   assert sorted(m) == ['fid_evaluation', 'is_evaluation', 'is_std_evaluation',
-                       'precision_evaluation', 'recall_evaluation']
+                       'kid_evaluation', 'kid_std_evaluation', 'precision_evaluation',
+                       'recall_evaluation']
   assert real['skipped'] == {'sfid_evaluation': "network 'evaluation' returns no spatial features"}
   assert m['fid_evaluation'] < 0.1 * n['fid_evaluation']
+  assert abs(m['kid_evaluation']) < 0.02 * n['kid_evaluation']  # unbiased: ~0 for real images
   assert m['precision_evaluation'] > 0.8 and m['recall_evaluation'] > 0.8
   assert n['precision_evaluation'] < 0.2
   assert m['is_evaluation'] > 5.0  # ten classes, confidently and evenly predicted
