@@ -256,7 +256,9 @@ def evaluate() -> ml_collections.ConfigDict:
       'kid_seed': 0,
       'out_name': '',                  # '' = the sample job's name.
       'step': 0,                       # TensorBoard step (e.g. the training step sampled).
-      # The network whose features the statistics stored in an ADM reference .npz are in
-      # (TF Inception pool_3 / mixed_6 of the whole dataset); other networks use arr_0.
+      # Against an ADM reference .npz: the network that stands for ADM's TF Inception. It
+      # sees samples and arr_0 as ADM's evaluator feeds them (TF1 bilinear resize to 299,
+      # (x - 128) / 128), and its FID / sFID use the file's statistics (pool_3 / mixed_6 of
+      # the whole dataset) where present. Other networks use arr_0 as any images.
       'adm_stats_network': 'inception',
   })

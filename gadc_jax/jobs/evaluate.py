@@ -9,9 +9,14 @@ feature space, and metric names carry it: `fid_evaluation`, `precision_inception
                                 unconditional. '' reads the sample job's output, checked
                                 against its samples.json first.
     config.evaluate.reference   'split:NAME' (real images of that split of config.data) or an
-                                ADM reference batch .npz: images 'arr_0' uint8 [N, H, W, C] and
+                                ADM reference batch .npz: images 'arr_0' uint8 [N, H, W, 3] and
                                 optionally the dataset's Inception statistics 'mu', 'sigma',
                                 'mu_s', 'sigma_s', used for the network `adm_stats_network`.
+
+Against an ADM reference batch, the network `adm_stats_network` sees samples and arr_0 alike
+as ADM's evaluator feeds TF's Inception graph (`embedding.adm_inception_input`: TF1 bilinear
+resize to 299, (x - 128) / 128), so that its numbers are ADM's; other networks, and a split
+reference, use each network's own preprocessing.
 
 A module returns (features, logits) or (features, logits, spatial); sFID is computed only for
 modules that return spatial features (flattened per image here; for Inception, ADM's
@@ -74,18 +79,24 @@ def _stoppable(batches, what: str):
     yield batch
 
 
+def _is_adm_network(cfg: ml_collections.ConfigDict, network: str) -> bool:
+  """Whether `network` plays ADM's Inception: the reference is an ADM batch, not a split."""
+  return _reference_split(cfg.reference) is None and network == cfg.adm_stats_network
+
+
 def reference_embedding(config: ml_collections.ConfigDict, workdir: str, network: str,
                         forward, record: dict[str, Any]) -> dict[str, np.ndarray]:
   """The reference set in `network`'s space (see `embed`), from WORKDIR/eval_cache if there.
 
-  For an ADM reference .npz and the network `adm_stats_network`, the FID / sFID statistics
-  are the file's (the whole dataset's, as ADM reports) and the features those of arr_0.
+  For an ADM reference .npz and the network `adm_stats_network`, `forward` takes ADM's
+  Inception input, the FID / sFID statistics are the file's (the whole dataset's, as ADM
+  reports) and the features those of arr_0.
   """
   cfg = config.evaluate
   split = _reference_split(cfg.reference)
-  use_file_stats = split is None and network == cfg.adm_stats_network
+  adm = _is_adm_network(cfg, network)
   inputs = {'network': network, 'arch': record['arch'], 'checkpoint': record['params_fingerprint'],
-            'reference': _reference_inputs(config, workdir), 'adm_stats': use_file_stats}
+            'reference': _reference_inputs(config, workdir), 'adm': adm}
   expected = artifacts.fingerprint(inputs)
   tag = (f'split-{split}' if split is not None else
          'file-' + os.path.splitext(os.path.basename(cfg.reference))[0])
@@ -106,7 +117,7 @@ def reference_embedding(config: ml_collections.ConfigDict, workdir: str, network
     batches = _stoppable(embedding.npz_image_batches(
         layout.resolve(workdir, cfg.reference), 'arr_0', cfg.batch_size), what)
   embedded = embedding.embed(forward, batches, what)
-  if use_file_stats:
+  if adm:
     for metric, (mu, sigma) in metrics_lib.reference_statistics(
         layout.resolve(workdir, cfg.reference)).items():
       embedded[f'{metric}_mu'], embedded[f'{metric}_sigma'] = mu, sigma
@@ -236,7 +247,9 @@ def _evaluate(config: ml_collections.ConfigDict, workdir: str, out_name: str,
   samples_shape = embedding.npz_images_shape(samples_path, 'images')
   results, skipped, num_reference = {}, {}, {}
   for name, (model, variables, record) in loaded.items():
-    forward = networks.make_forward(model, variables, config.networks[name], cfg.batch_size)
+    forward = networks.make_forward(
+        model, variables, config.networks[name], cfg.batch_size,
+        embedding.adm_inception_input if _is_adm_network(cfg, name) else None)
     reference = reference_embedding(config, workdir, name, forward, record)
     if tuple(reference['images_shape'][1:]) != tuple(samples_shape[1:]):
       raise ValueError(
