@@ -39,7 +39,7 @@ SINKHORN_MAX_ITERATIONS = 2000
 # Stable Diffusion's VAE latent scale (DiT and SiT train on latents times this).
 LATENT_SCALE = 0.18215
 
-EVALUATION_METRICS = ('fid', 'is', 'precision', 'recall', 'sfid')
+EVALUATION_METRICS = ('fid', 'kid', 'is', 'precision', 'recall', 'sfid')
 
 
 def parse_args(arg: str | None, **known) -> ml_collections.ConfigDict:
@@ -282,9 +282,17 @@ def evaluate() -> ml_collections.ConfigDict:
       'batch_size': 256,
       'k': 3,                          # neighbourhood size of precision / recall.
       'is_splits': 10,
+      # KID: the mean and std of the unbiased MMD^2 over kid_subsets random subsets of
+      # kid_subset_size images of each set (at most: capped at the smaller set's size, as
+      # clean-fid's max_subset_size), drawn from kid_seed.
+      'kid_subsets': 100,
+      'kid_subset_size': 1000,
+      'kid_seed': 0,
       'out_name': '',                  # '' = the sample job's name.
       'step': 0,                       # TensorBoard step (e.g. the training step sampled).
-      # The network whose features the statistics stored in an ADM reference .npz are in
-      # (TF Inception pool_3 / mixed_6 of the whole dataset); other networks use arr_0.
+      # Against an ADM reference .npz: the network that stands for ADM's TF Inception. It
+      # sees samples and arr_0 as ADM's evaluator feeds them (TF1 bilinear resize to 299,
+      # (x - 128) / 128), and its FID / sFID use the file's statistics (pool_3 / mixed_6 of
+      # the whole dataset) where present. Other networks use arr_0 as any images.
       'adm_stats_network': 'inception',
   })

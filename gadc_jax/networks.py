@@ -10,7 +10,7 @@ argument of the module. Every network maps uint8 images to (features, logits[, e
 import functools
 import json
 import os
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import jax
 import jax.numpy as jnp
@@ -60,17 +60,23 @@ def preprocess(images: jnp.ndarray, spec: tuple[int, bool]) -> jnp.ndarray:
   return x
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'spec'))
-def _forward(variables, images, *, model, spec):
-  outputs = model.apply(variables, preprocess(images, spec))
+@functools.partial(jax.jit, static_argnames=('model', 'spec', 'prepare'))
+def _forward(variables, images, *, model, spec, prepare):
+  outputs = model.apply(variables, preprocess(images, spec) if prepare is None else
+                        prepare(images))
   return tuple(o.reshape(o.shape[0], -1).astype(jnp.float32) if o.ndim != 3 else
                o.astype(jnp.float32) for o in outputs if o is not None)
 
 
-def make_forward(model, variables, net_cfg: ml_collections.ConfigDict, batch_size: int):
+def make_forward(model, variables, net_cfg: ml_collections.ConfigDict, batch_size: int,
+                 prepare: Callable[[jnp.ndarray], jnp.ndarray] | None = None):
   """forward(images uint8 [b <= batch_size, H, W, C]) -> the module's outputs as float32
   numpy arrays (features [b, D], logits [b, K], and any extra output), jitted once: every
-  batch is padded to one size and sharded over this host's devices."""
+  batch is padded to one size and sharded over this host's devices.
+
+  `prepare` maps the uint8 images to the module's input inside the jitted call; by default
+  the network's own `preprocess` (the evaluate job passes ADM's Inception input instead).
+  """
   mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ('data',))
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
   size = batching.round_up(batch_size, mesh.size)
@@ -78,7 +84,8 @@ def make_forward(model, variables, net_cfg: ml_collections.ConfigDict, batch_siz
 
   def forward(images: np.ndarray) -> tuple[np.ndarray, ...]:
     outputs = batching.padded_call(
-        lambda x: _forward(variables, x, model=model, spec=spec), images, size, sharding)
+        lambda x: _forward(variables, x, model=model, spec=spec, prepare=prepare), images, size,
+        sharding)
     return tuple(np.asarray(o) for o in outputs)
 
   return forward

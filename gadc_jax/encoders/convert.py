@@ -4,8 +4,9 @@ The Flax modules name their layers after the PyTorch ones, so a converter walks 
 variables the module expects (shapes from `jax.eval_shape`, nothing computed) and, for each,
 finds the PyTorch tensor of the corresponding name, checks its shape and lays it out the Flax
 way (conv [O, I, kh, kw] -> [kh, kw, I, O], linear [O, I] -> [I, O]). Tensors the module does
-not use (torchvision's AuxLogits, BatchNorm's num_batches_tracked, DINOv2's mask_token) are
-ignored; anything missing or misshaped is a ValueError naming the tensors.
+not use (torchvision's AuxLogits, BatchNorm's num_batches_tracked, DINOv2's mask_token, the
+FID Inception's fc.bias) are ignored; anything missing or misshaped is a ValueError naming
+the tensors.
 
     variables = inception_from_torch('pt_inception-2015-12-05-6726825d.pth', 'fid')
     features, logits = InceptionV3FID().apply(variables, images)

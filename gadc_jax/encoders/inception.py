@@ -4,8 +4,10 @@ Two variants share one trunk and differ only in the pooling branches of some blo
 
 * 'fid': the network behind published FID / sFID / IS numbers (TF's 2015 Inception graph, as
   ported by pytorch-fid: FIDInceptionA/C/E_1/E_2). Its average pools exclude the zero padding
-  (TF's 'SAME' average pool), and the last block (Mixed_7c) max-pools. The head is the graph's
-  1008-way softmax layer.
+  (TF's 'SAME' average pool), and the last block (Mixed_7c) max-pools. The head is the
+  weight matrix of the graph's 1008-way softmax layer without its bias: Inception Score's
+  logits, pool_3 . W, as openai/improved-gan and ADM read 'softmax/logits/MatMul' (the
+  converter leaves the checkpoint's fc.bias unused).
 * 'torchvision': `torchvision.models.inception_v3`, 1000 ImageNet classes, average pools that
   count the padding.
 
@@ -14,12 +16,13 @@ TF's graph computes (x - 128) / 128 itself). Resizing is the caller's job: the F
 (pytorch-fid, and clean-fid's 'legacy_pytorch' mode) resizes bilinearly to 299 x 299 without
 antialiasing, like `F.interpolate(x, (299, 299), mode='bilinear', align_corners=False)`.
 ADM's TF evaluator resizes inside the graph with TF1's legacy bilinear (no half-pixel
-centres), so its numbers differ slightly from any half-pixel resize.
+centres), so its numbers differ slightly from any half-pixel resize; against an ADM reference
+batch the evaluate job feeds `evaluation.embedding.adm_inception_input`, that graph's input.
 
 Outputs of `InceptionV3(images)`:
   features [B, 2048]: the global average pool of Mixed_7c ('pool_3' in TF), used by FID.
-  logits [B, num_classes]: the final linear layer on those features; for 'fid' the 1008 TF
-    logits whose softmax Inception Score uses.
+  logits [B, num_classes]: the final linear layer on those features; for 'fid' pool_3 . W
+    without the bias, whose softmax Inception Score uses.
   spatial [B, 2023], only with `with_spatial=True`: the sFID features of ADM's evaluator,
     TF's 'mixed_6/conv:0'[..., :7]. That tensor is the ReLU output of the 1x1 branch of the
     third 17x17 block, i.e. Mixed_6d.branch1x1 in the torchvision/pytorch-fid naming (TF's
@@ -234,7 +237,8 @@ class InceptionV3(nn.Module):
     x = InceptionE(avg, self.dtype, name='Mixed_7b')(x)
     x = InceptionE(last, self.dtype, name='Mixed_7c')(x)
     features = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-    logits = nn.Dense(self.num_classes, name='fc')(features)
+    # Inception Score's convention: the FID network's logits leave out the bias.
+    logits = nn.Dense(self.num_classes, use_bias=not fid, name='fc')(features)
     if self.with_spatial:
       return features, logits, spatial
     return features, logits

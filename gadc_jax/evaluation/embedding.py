@@ -1,13 +1,16 @@
-"""Images to embeddings: streamed .npz image files, and per-network embeddings of batches.
+"""Images to embeddings: streamed .npz image files, ADM's Inception input, embeddings.
 
 The evaluate job embeds samples and reference images in the space of each evaluation network
 (`networks.make_forward`); this module reads large .npz image files batch by batch and keeps
 what the metrics need (features, logits, and the Gaussian statistics of FID and sFID).
+Against an ADM reference batch, the Inception network sees its images as ADM's evaluator
+feeds them to TF's Inception graph (`adm_inception_input`).
 """
 
 from typing import Iterator
 import zipfile
 
+import jax.numpy as jnp
 import numpy as np
 
 from gadc_jax.evaluation import metrics as metrics_lib
@@ -62,6 +65,50 @@ def npz_image_batches(path: str, key: str, batch_size: int) -> Iterator[np.ndarr
       for start in range(0, shape[0], batch_size):
         count = min(batch_size, shape[0] - start)
         yield np.frombuffer(f.read(count * row_bytes), dtype).reshape((count,) + shape[1:])
+
+
+# The side ADM's Inception graph resizes every image to.
+ADM_INCEPTION_SIZE = 299
+
+
+def _tf1_bilinear_taps(in_size: int, out_size: int
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(lower [out], upper [out] int32, lerp [out] float32) of TF1's ResizeBilinear on one axis.
+
+  The legacy op (align_corners=False, half_pixel_centers=False, all that existed in 2015)
+  maps output i to input i * (in / out), in float32: no half-pixel offset, so the image
+  shifts by up to half a pixel against any half-pixel resize.
+  """
+  position = np.arange(out_size, dtype=np.float32) * (np.float32(in_size) / np.float32(out_size))
+  lower = np.floor(position)
+  upper = np.minimum(np.ceil(position), in_size - 1)
+  return lower.astype(np.int32), upper.astype(np.int32), position - lower
+
+
+def resize_bilinear_tf1(images: jnp.ndarray, size: int) -> jnp.ndarray:
+  """TF1's ResizeBilinear of float images [B, H, W, C] to [B, size, size, C].
+
+  Interpolates along the width, then the height, each as a + (b - a) * lerp, the op's own
+  order of float32 operations. Antialiasing does not exist in the op: downsizing samples.
+  """
+  images = jnp.asarray(images, jnp.float32)
+  for axis in (2, 1):
+    lower, upper, lerp = _tf1_bilinear_taps(images.shape[axis], size)
+    a, b = jnp.take(images, lower, axis=axis), jnp.take(images, upper, axis=axis)
+    images = a + (b - a) * lerp.reshape((-1,) + (1,) * (3 - axis))
+  return images
+
+
+def adm_inception_input(images: jnp.ndarray) -> jnp.ndarray:
+  """uint8 RGB [B, H, W, 3] -> [B, 299, 299, 3], the input of ADM's Inception graph.
+
+  ADM's evaluator feeds float32 pixels in [0, 255] to the graph's ExpandDims:0, after which
+  the graph itself resizes to 299 x 299 (ResizeBilinear, TF1's legacy form) and computes
+  (x - 128) / 128: so [-1, 127/128], not [-1, 1], and the resize comes before the scaling.
+  """
+  if images.shape[-1] != 3:
+    raise ValueError(f"ADM's Inception takes RGB images [B, H, W, 3], got shape {images.shape}")
+  return (resize_bilinear_tf1(images, ADM_INCEPTION_SIZE) - 128.0) / 128.0
 
 
 def embed(forward, batches, what: str) -> dict[str, np.ndarray]:

@@ -1,4 +1,4 @@
-"""Sample-quality metrics on features: FID, sFID, Inception Score, precision and recall.
+"""Sample-quality metrics on features: FID, sFID, KID, Inception Score, precision and recall.
 
 The definitions follow ADM's evaluator (Dhariwal & Nichol, 2021, `evaluations/evaluator.py`):
 
@@ -7,7 +7,11 @@ The definitions follow ADM's evaluator (Dhariwal & Nichol, 2021, `evaluations/ev
   (N - 1) covariance, as np.cov.
 - sFID: the same distance on spatial features (ADM: the first 7 channels of Inception's
   mixed_6/conv, [N, 17, 17, 7] flattened to 2023-d).
-- Inception Score: exp(E_x KL(p(y|x) || p(y))) per split, p(y) the split's marginal.
+- Inception Score: exp(E_x KL(p(y|x) || p(y))) per split, p(y) the split's marginal; for
+  Inception, p(y|x) = softmax(pool_3 . W) without the head's bias (the FID network's logits).
+- KID (Binkowski et al., 2018; not in ADM): the unbiased MMD^2 with the kernel
+  (x.y / D + 1)^3, averaged over random subsets; unlike FID it is unbiased in the number of
+  samples, so small sample sets (~1,000) compare fairly.
 - Improved precision and recall (Kynkäänniemi et al., 2019): a sample lies in a set's manifold
   if it is within the k-NN radius of one of the set's points.
 
@@ -196,17 +200,64 @@ def reference_statistics(npz_path: str) -> dict[str, tuple[np.ndarray, np.ndarra
 
 
 # ----------------------------------------------------------------------------------------
+# Kernel Inception Distance.
+
+
+def _polynomial_mmd2(x: np.ndarray, y: np.ndarray) -> float:
+  """Unbiased MMD^2 of x [m, D] and y [m, D] (float64) with k(u, v) = (u.v / D + 1)^3.
+
+  Within-set sums leave out the diagonal k(x_i, x_i); the cross term keeps every pair, as
+  x and y are independent (Binkowski et al., 2018).
+  """
+  m, dim = x.shape
+
+  def kernel(a, b):
+    k = a @ b.T / dim + 1.0
+    return k * k * k  # two products: faster than a float power.
+
+  k_xx, k_yy = kernel(x, x), kernel(y, y)
+  within = k_xx.sum() - np.trace(k_xx) + k_yy.sum() - np.trace(k_yy)
+  return float(within / (m * (m - 1)) - 2.0 * kernel(x, y).mean())
+
+
+def kid_from_features(a: Any, b: Any, subset_size: int = 1000, num_subsets: int = 100,
+                      seed: int = 0) -> tuple[float, float]:
+  """(mean, std) of the KID of feature sets a [N, D] and b [M, D] over random subsets.
+
+  Each of `num_subsets` draws takes m = min(subset_size, N, M) rows of a and m of b, without
+  replacement and independently per draw (from `seed`), and computes their unbiased MMD^2;
+  std is the population std over draws, as torch-fidelity reports it. Capping m at the
+  smaller set is clean-fid's max_subset_size (torch-fidelity refuses instead).
+  """
+  if subset_size < 2 or num_subsets < 1:
+    raise ValueError(f'KID needs subset_size >= 2 and num_subsets >= 1, got {subset_size} '
+                     f'and {num_subsets}')
+  a = _check_features('first set', a, min_samples=2)
+  b = _check_features('second set', b, min_samples=2)
+  _check_widths(a, b)
+  m = min(subset_size, len(a), len(b))
+  rng = np.random.default_rng(seed)
+  mmds = []
+  for _ in range(num_subsets):
+    x = a[rng.choice(len(a), m, replace=False)].astype(np.float64)
+    y = b[rng.choice(len(b), m, replace=False)].astype(np.float64)
+    mmds.append(_polynomial_mmd2(x, y))
+  return float(np.mean(mmds)), float(np.std(mmds))
+
+
+# ----------------------------------------------------------------------------------------
 # Inception Score.
 
 
 def inception_score(logits: Any, splits: int = 10) -> tuple[float, float]:
   """(mean, std) over `splits` contiguous splits of exp(E_x KL(p(y|x) || p(y))).
 
-  As TTUR / the original implementation (ADM reports the mean over splits of 5,000); std is
-  the population std over splits.
+  As the original implementation (openai/improved-gan) and ADM, which report the mean over
+  splits of 5,000; std is the population std over splits.
 
   Args:
-    logits: [N, K] classifier logits; N >= splits.
+    logits: [N, K] classifier logits; N >= splits. For the FID Inception network these are
+      pool_3 . W without the head's bias, the logits of improved-gan and ADM.
     splits: number of splits.
   """
   logits = _check_features('logits', logits, min_samples=max(splits, 1))

@@ -1,4 +1,4 @@
-"""The evaluate job: FID, sFID, Inception Score, precision and recall of a samples file.
+"""The evaluate job: FID, sFID, KID, Inception Score, precision and recall of a samples file.
 
 Both the samples and a reference set are embedded by every network of `evaluate.networks`
 (names in config.networks, loaded with networks.load_network); each network is a
@@ -9,9 +9,14 @@ feature space, and metric names carry it: `fid_evaluation`, `precision_inception
                                 unconditional. '' reads the sample job's output, checked
                                 against its samples.json first.
     config.evaluate.reference   'split:NAME' (real images of that split of config.data) or an
-                                ADM reference batch .npz: images 'arr_0' uint8 [N, H, W, C] and
+                                ADM reference batch .npz: images 'arr_0' uint8 [N, H, W, 3] and
                                 optionally the dataset's Inception statistics 'mu', 'sigma',
                                 'mu_s', 'sigma_s', used for the network `adm_stats_network`.
+
+Against an ADM reference batch, the network `adm_stats_network` sees samples and arr_0 alike
+as ADM's evaluator feeds TF's Inception graph (`embedding.adm_inception_input`: TF1 bilinear
+resize to 299, (x - 128) / 128), so that its numbers are ADM's; other networks, and a split
+reference, use each network's own preprocessing.
 
 A module returns (features, logits) or (features, logits, spatial); sFID is computed only for
 modules that return spatial features (flattened per image here; for Inception, ADM's
@@ -74,18 +79,24 @@ def _stoppable(batches, what: str):
     yield batch
 
 
+def _is_adm_network(cfg: ml_collections.ConfigDict, network: str) -> bool:
+  """Whether `network` plays ADM's Inception: the reference is an ADM batch, not a split."""
+  return _reference_split(cfg.reference) is None and network == cfg.adm_stats_network
+
+
 def reference_embedding(config: ml_collections.ConfigDict, workdir: str, network: str,
                         forward, record: dict[str, Any]) -> dict[str, np.ndarray]:
   """The reference set in `network`'s space (see `embed`), from WORKDIR/eval_cache if there.
 
-  For an ADM reference .npz and the network `adm_stats_network`, the FID / sFID statistics
-  are the file's (the whole dataset's, as ADM reports) and the features those of arr_0.
+  For an ADM reference .npz and the network `adm_stats_network`, `forward` takes ADM's
+  Inception input, the FID / sFID statistics are the file's (the whole dataset's, as ADM
+  reports) and the features those of arr_0.
   """
   cfg = config.evaluate
   split = _reference_split(cfg.reference)
-  use_file_stats = split is None and network == cfg.adm_stats_network
+  adm = _is_adm_network(cfg, network)
   inputs = {'network': network, 'arch': record['arch'], 'checkpoint': record['params_fingerprint'],
-            'reference': _reference_inputs(config, workdir), 'adm_stats': use_file_stats}
+            'reference': _reference_inputs(config, workdir), 'adm': adm}
   expected = artifacts.fingerprint(inputs)
   tag = (f'split-{split}' if split is not None else
          'file-' + os.path.splitext(os.path.basename(cfg.reference))[0])
@@ -106,7 +117,7 @@ def reference_embedding(config: ml_collections.ConfigDict, workdir: str, network
     batches = _stoppable(embedding.npz_image_batches(
         layout.resolve(workdir, cfg.reference), 'arr_0', cfg.batch_size), what)
   embedded = embedding.embed(forward, batches, what)
-  if use_file_stats:
+  if adm:
     for metric, (mu, sigma) in metrics_lib.reference_statistics(
         layout.resolve(workdir, cfg.reference)).items():
       embedded[f'{metric}_mu'], embedded[f'{metric}_sigma'] = mu, sigma
@@ -125,12 +136,12 @@ def compute_metrics(samples: dict[str, np.ndarray], reference: dict[str, np.ndar
   """(metrics named NAME_NETWORK, skipped metrics with the reason) for one feature space.
 
   Precision and recall come from one computation, so asking for either reports both; 'is'
-  adds its std over splits as is_std_NETWORK.
+  and 'kid' add their std (over splits, over subsets) as is_std_NETWORK and kid_std_NETWORK.
 
   Args:
     samples, reference: embeddings (see `embed`) in the space of `network`.
     network: its name, the suffix of every metric name.
-    cfg: config.evaluate (metrics, k, is_splits).
+    cfg: config.evaluate (metrics, k, is_splits, kid_subsets, kid_subset_size, kid_seed).
   """
   results, skipped = {}, {}
   for name in cfg.metrics:
@@ -145,6 +156,10 @@ def compute_metrics(samples: dict[str, np.ndarray], reference: dict[str, np.ndar
     elif name == 'is':
       results[key], results[f'is_std_{network}'] = metrics_lib.inception_score(
           samples['logits'], cfg.is_splits)
+    elif name == 'kid':
+      results[key], results[f'kid_std_{network}'] = metrics_lib.kid_from_features(
+          samples['features'], reference['features'], cfg.kid_subset_size, cfg.kid_subsets,
+          cfg.kid_seed)
     elif f'precision_{network}' not in results:  # precision or recall: one computation.
       precision, recall = metrics_lib.precision_recall(
           reference['features'], samples['features'], k=cfg.k)
@@ -154,8 +169,12 @@ def compute_metrics(samples: dict[str, np.ndarray], reference: dict[str, np.ndar
 
 def _check_config(config: ml_collections.ConfigDict) -> None:
   cfg = config.evaluate
-  validation.require(cfg, 'config.evaluate', positive_ints=('batch_size', 'k', 'is_splits'),
-                     non_negative_ints=('step',))
+  validation.require(cfg, 'config.evaluate',
+                     positive_ints=('batch_size', 'k', 'is_splits', 'kid_subsets'),
+                     non_negative_ints=('step', 'kid_seed'))
+  if not (isinstance(cfg.kid_subset_size, int) and cfg.kid_subset_size >= 2):
+    raise ValueError('config.evaluate.kid_subset_size must be an integer >= 2 (an unbiased '
+                     f'MMD needs pairs), got {cfg.kid_subset_size!r}')
   unknown = [m for m in cfg.metrics if m not in defaults.EVALUATION_METRICS]
   if unknown:
     raise ValueError(f'config.evaluate.metrics: unknown {", ".join(unknown)}; known: '
@@ -214,6 +233,7 @@ def _evaluate(config: ml_collections.ConfigDict, workdir: str, out_name: str,
       'networks': {name: [record['arch'], record['params_fingerprint']]
                    for name, (_, _, record) in loaded.items()},
       'options': {'metrics': list(cfg.metrics), 'k': cfg.k, 'is_splits': cfg.is_splits,
+                  'kid': [cfg.kid_subsets, cfg.kid_subset_size, cfg.kid_seed],
                   'adm_stats_network': cfg.adm_stats_network},
   }
   expected = artifacts.fingerprint(inputs)
@@ -227,7 +247,9 @@ def _evaluate(config: ml_collections.ConfigDict, workdir: str, out_name: str,
   samples_shape = embedding.npz_images_shape(samples_path, 'images')
   results, skipped, num_reference = {}, {}, {}
   for name, (model, variables, record) in loaded.items():
-    forward = networks.make_forward(model, variables, config.networks[name], cfg.batch_size)
+    forward = networks.make_forward(
+        model, variables, config.networks[name], cfg.batch_size,
+        embedding.adm_inception_input if _is_adm_network(cfg, name) else None)
     reference = reference_embedding(config, workdir, name, forward, record)
     if tuple(reference['images_shape'][1:]) != tuple(samples_shape[1:]):
       raise ValueError(

@@ -56,6 +56,8 @@ def check(net, model, variant, images):
   variables = convert.inception_from_torch(oracle.state_dict_numpy(net), variant)
   out = jax.jit(model.apply)(variables, images)
   oracle.assert_close(out[0], features)
+  if variant == 'fid':  # Inception Score's logits: pool_3 . W, without the bias.
+    logits = logits - net.fc.bias.detach().numpy()
   oracle.assert_close(out[1], logits)
   return out, mixed_6d
 
@@ -63,7 +65,10 @@ def check(net, model, variant, images):
 def test_fid_network_matches_pytorch_fid_at_299():
   images = oracle.random_images((2, 299, 299, 3))
   model = encoders.build('inception_v3_fid', 1008, with_spatial=True)
-  (features, logits, spatial), mixed_6d = check(fid_network(), model, 'fid', images)
+  net = fid_network()
+  with torch.no_grad():
+    net.fc.bias.normal_(0.0, 3.0)  # a bias that would move the logits, were it used.
+  (features, logits, spatial), mixed_6d = check(net, model, 'fid', images)
   assert features.shape == (2, 2048) and logits.shape == (2, 1008)
   # sFID: TF's mixed_6/conv[..., :7] = channels 0..6 of Mixed_6d, flattened (row, col, chan).
   assert spatial.shape == (2, 17 * 17 * 7)

@@ -1,4 +1,5 @@
-"""FID / sFID / IS / precision-recall against scipy, closed forms and brute force."""
+"""FID / sFID / KID / IS / precision-recall against scipy, ports of the published formulas,
+closed forms and brute force."""
 
 import numpy as np
 import pytest
@@ -96,6 +97,95 @@ def test_inception_score_extremes():
   assert abs(mean - 1.0) < 1e-4 and std < 1e-4
 
 
+def _adm_inception_score(pool, weights, split_size):
+  """ADM's evaluator (after openai/improved-gan): softmax(pool_3 . W) with W the weights of
+  the graph's softmax/logits/MatMul, no bias; the mean over contiguous splits of
+  exp(mean_x KL(p(y|x) || p(y)))."""
+  logits = pool @ weights
+  exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+  preds = exp / exp.sum(axis=1, keepdims=True)
+  scores = []
+  for i in range(0, len(preds), split_size):
+    part = preds[i:i + split_size]
+    kl = part * (np.log(part) - np.log(np.expand_dims(np.mean(part, 0), 0)))
+    scores.append(np.exp(np.mean(np.sum(kl, 1))))
+  return np.mean(scores)
+
+
+def test_inception_score_of_pool_features_times_weights_equals_adms():
+  # The FID network's logits are pool_3 . W (tests/encoders/test_inception.py).
+  rng = np.random.default_rng(8)
+  pool = rng.uniform(0, 2, (60, 32))  # pool_3 is post-ReLU, non-negative
+  weights = rng.standard_normal((32, 20))
+  mean, _ = metrics.inception_score(pool @ weights, splits=3)
+  expected = _adm_inception_score(pool, weights, split_size=20)
+  assert expected > 2.0  # a case that tests something
+  np.testing.assert_allclose(mean, expected, rtol=1e-10)
+
+
+def _unbiased_polynomial_mmd2(x, y):
+  """torch-fidelity's kid (after Binkowski et al.'s MMD-GAN compute_scores): the unbiased
+  MMD^2 with k(u, v) = (u.v / d + 1)^3, within-set sums without the diagonal."""
+  m, d = x.shape
+  k_xx, k_yy, k_xy = ((a @ b.T / d + 1) ** 3 for a, b in ((x, x), (y, y), (x, y)))
+  off_diagonal = ~np.eye(m, dtype=bool)
+  return (k_xx[off_diagonal].sum() + k_yy[off_diagonal].sum()) / (m * (m - 1)) \
+      - 2 * k_xy.sum() / (m * m)
+
+
+def test_kid_with_whole_sets_equals_the_unbiased_mmd():
+  # subset_size caps at the set size: every draw is the whole sets, reordered.
+  rng = np.random.default_rng(9)
+  x = rng.standard_normal((30, 6)).astype(np.float32)
+  y = (rng.standard_normal((30, 6)) * 1.5 + 0.3).astype(np.float32)
+  mean, std = metrics.kid_from_features(x, y, subset_size=1000, num_subsets=3)
+  expected = _unbiased_polynomial_mmd2(x.astype(np.float64), y.astype(np.float64))
+  np.testing.assert_allclose(mean, expected, rtol=1e-10)
+  assert std < 1e-12
+
+
+def _uniform_polynomial_mmd2(shift, d):
+  """Closed form of MMD^2 of U[0, 1]^d and U[shift, 1 + shift]^d with k = (u.v / d + 1)^3.
+
+  For u, v independent with iid coordinates, s = u.v is a sum of d iid products z with
+  moments mu_j = E u_i^j E v_i^j, so E s = d mu_1, E s^2 = d mu_2 + d(d-1) mu_1^2 and
+  E s^3 = d mu_3 + 3 d(d-1) mu_2 mu_1 + d(d-1)(d-2) mu_1^3.
+  """
+  def moments(a, b):  # E x, E x^2, E x^3 of U[a, b]
+    return np.array([(a + b) / 2, (a * a + a * b + b * b) / 3, (a + b) * (a * a + b * b) / 4])
+
+  def expected_kernel(p, q):
+    mu1, mu2, mu3 = p * q
+    s1 = d * mu1
+    s2 = d * mu2 + d * (d - 1) * mu1 ** 2
+    s3 = d * mu3 + 3 * d * (d - 1) * mu2 * mu1 + d * (d - 1) * (d - 2) * mu1 ** 3
+    return s3 / d ** 3 + 3 * s2 / d ** 2 + 3 * s1 / d + 1
+
+  x, y = moments(0.0, 1.0), moments(shift, 1.0 + shift)
+  return expected_kernel(x, x) + expected_kernel(y, y) - 2 * expected_kernel(x, y)
+
+
+def test_kid_is_near_zero_for_one_distribution_and_the_closed_form_for_a_shift():
+  rng = np.random.default_rng(10)
+  d, shift = 8, 0.3
+  x, same = rng.uniform(0, 1, (2, 1000, d))
+  shifted = rng.uniform(shift, 1 + shift, (1000, d))
+  kid_same, _ = metrics.kid_from_features(x, same, subset_size=500, num_subsets=5)
+  kid_shift, std = metrics.kid_from_features(x, shifted, subset_size=500, num_subsets=5)
+  expected = _uniform_polynomial_mmd2(shift, d)  # 0.884
+  assert abs(kid_same) < 0.01 * expected
+  assert abs(kid_shift - expected) < 0.15 * expected and std > 0
+
+
+def test_kid_is_seeded():
+  rng = np.random.default_rng(11)
+  x, y = rng.standard_normal((2, 50, 3))
+  assert metrics.kid_from_features(x, y, 20, 4, seed=1) == metrics.kid_from_features(
+      x, y, 20, 4, seed=1)
+  assert metrics.kid_from_features(x, y, 20, 4, seed=1) != metrics.kid_from_features(
+      x, y, 20, 4, seed=2)
+
+
 def _brute_force_precision_recall(real, fake, k):
   d = lambda x, y: np.sum((x[:, None] - y[None]) ** 2, axis=-1)
   real_radii = np.sort(d(real, real), axis=1)[:, k]
@@ -136,5 +226,9 @@ def test_bad_inputs_raise_clear_errors():
     metrics.fid_from_features(x, np.full((5, 4), np.nan))
   with pytest.raises(ValueError, match=r'expected features \[N, D\]'):
     metrics.inception_score(np.zeros(10))
+  with pytest.raises(ValueError, match='KID needs subset_size >= 2'):
+    metrics.kid_from_features(x, x, subset_size=1)
+  with pytest.raises(ValueError, match='widths differ'):
+    metrics.kid_from_features(x, np.zeros((10, 5)))
   with pytest.raises(ValueError, match='statistics do not match'):
     metrics.frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))

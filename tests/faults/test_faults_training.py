@@ -182,7 +182,10 @@ _BAD = [
     ('evaluate', {'evaluate.batch_size': 0}, r'config.evaluate.batch_size must be a positive'),
     ('evaluate', {'evaluate.k': 0}, r'config.evaluate.k must be a positive integer'),
     ('evaluate', {'evaluate.is_splits': 0}, r'config.evaluate.is_splits must be a positive'),
-    ('evaluate', {'evaluate.metrics': ('fid', 'kid')}, r'config.evaluate.metrics: unknown kid'),
+    ('evaluate', {'evaluate.metrics': ('fid', 'fvd')}, r'config.evaluate.metrics: unknown fvd'),
+    ('evaluate', {'evaluate.kid_subset_size': 1},
+     r'config.evaluate.kid_subset_size must be an integer >= 2'),
+    ('evaluate', {'evaluate.kid_subsets': 0}, r'config.evaluate.kid_subsets must be a positive'),
     ('evaluate', {'evaluate.networks': ('nope',)}, r'config.evaluate.networks: nope not in'),
 ]
 

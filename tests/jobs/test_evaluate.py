@@ -1,9 +1,11 @@
-"""The evaluate job on digits: real test images score close to the train split, noise far."""
+"""The evaluate job on digits: real test images score close to the train split, noise far;
+against an ADM reference batch, ADM's Inception input."""
 
 import glob
 import json
 import os
 
+import flax.linen as nn
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -11,8 +13,11 @@ import tensorflow as tf
 from gadc_jax import artifacts
 from gadc_jax.data import input_pipeline
 from gadc_jax import defaults
+from gadc_jax import networks
 from gadc_jax.evaluation import embedding
+from gadc_jax.evaluation import metrics
 from gadc_jax.jobs import evaluate
+from tests.conftest import digits_config
 
 
 def _config(config, samples, out_name):
@@ -23,6 +28,7 @@ def _config(config, samples, out_name):
   config.evaluate.out_name = out_name
   config.evaluate.batch_size = 128
   config.evaluate.is_splits = 2
+  config.evaluate.kid_subsets = 10
   return config
 
 
@@ -51,9 +57,11 @@ def test_real_images_score_well_and_noise_badly(evaluated):
   _, _, real, noise = evaluated
   m, n = real['metrics'], noise['metrics']
   assert sorted(m) == ['fid_evaluation', 'is_evaluation', 'is_std_evaluation',
-                       'precision_evaluation', 'recall_evaluation']
+                       'kid_evaluation', 'kid_std_evaluation', 'precision_evaluation',
+                       'recall_evaluation']
   assert real['skipped'] == {'sfid_evaluation': "network 'evaluation' returns no spatial features"}
   assert m['fid_evaluation'] < 0.1 * n['fid_evaluation']
+  assert abs(m['kid_evaluation']) < 0.02 * n['kid_evaluation']  # unbiased: ~0 for real images
   assert m['precision_evaluation'] > 0.8 and m['recall_evaluation'] > 0.8
   assert n['precision_evaluation'] < 0.2
   assert m['is_evaluation'] > 5.0  # ten classes, confidently and evenly predicted
@@ -103,3 +111,40 @@ def test_bad_samples_are_user_errors(evaluated, tmp_path):
     evaluate.run(_config(config, path, 'wrong'), workdir)
   with pytest.raises(FileNotFoundError, match='no samples at .*missing.npz'):
     evaluate.run(_config(config, 'missing.npz', 'wrong'), workdir)
+
+
+class _PixelProbe(nn.Module):
+  """A stand-in for Inception: features are the input pixels on a sparse grid, so they show
+  both the resize and the scaling the network is fed."""
+
+  @nn.compact
+  def __call__(self, images):
+    features = images[:, ::50, ::50, :].reshape(images.shape[0], -1)
+    return features, features[:, :10]
+
+
+def test_adm_reference_batch_feeds_adms_inception_input(tmp_path, tfds_dir, monkeypatch):
+  rng = np.random.default_rng(2)
+  reference = rng.integers(0, 256, (12, 16, 16, 3), dtype=np.uint8)
+  samples = rng.integers(0, 256, (10, 16, 16, 3), dtype=np.uint8)
+  np.savez(tmp_path / 'VIRTUAL_tiny.npz', arr_0=reference)
+  np.savez(tmp_path / 'samples.npz', images=samples)
+  monkeypatch.setattr(networks, 'load_network', lambda config, workdir, name: (
+      _PixelProbe(), {}, {'arch': 'pixel_probe', 'params_fingerprint': 'none'}))
+  config = _config(digits_config(tfds_dir), 'samples.npz', 'adm')
+  config.networks = {'inception': {'arch': 'pixel_probe'}}
+  config.evaluate.networks = ('inception',)
+  config.evaluate.reference = 'VIRTUAL_tiny.npz'
+  config.evaluate.metrics = ('fid', 'kid')
+  record = evaluate.run(config, str(tmp_path))
+
+  def adm_features(images):  # ADM's graph input, with TensorFlow's own resize
+    resized = tf.raw_ops.ResizeBilinear(images=images.astype(np.float32), size=[299, 299],
+                                        align_corners=False, half_pixel_centers=False).numpy()
+    return _PixelProbe().apply({}, (resized - 128.0) / 128.0)[0]
+
+  ours, theirs = adm_features(samples), adm_features(reference)
+  assert record['metrics']['fid_inception'] == pytest.approx(
+      metrics.fid_from_features(ours, theirs), rel=1e-5)
+  assert record['metrics']['kid_inception'] == pytest.approx(
+      metrics.kid_from_features(ours, theirs, 1000, 10)[0], rel=1e-5)
