@@ -218,7 +218,8 @@ def train() -> ml_collections.ConfigDict:
       'sample_every': 0,         # 0: a grid at the end only.
       'grid_per_class': 8,
       'sampler': sampler(),
-      # D2C's Attach (a): per-class text embeddings, a .npy [num_classes, tokens, width].
+      # D2C's Attach (a): per-class text embeddings, a .npz of the text_embeddings job with
+      # 'tokens' [num_classes, tokens, width] and 'mask' [num_classes, tokens].
       'text_embeddings': '',
       # D2C's Attach (b), REPA: align the tokens after block model_overrides.repa_depth to
       # precomputed encoder patch features, a .npy [num_examples_of_split, tokens, width]

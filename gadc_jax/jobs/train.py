@@ -109,7 +109,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, out: str, mesh,
     ckpt.delete(record['step'])
 
   vae = generator.load_vae(cfg) if cfg.space == 'latent' else None
-  text_table = generator.load_text_table(cfg)
+  text_table = generator.load_text_table(cfg, info.num_classes)
   model = generator.build_model(cfg, info.num_classes, text_table)
   # The patch must divide the image; fail before any work rather than inside the step.
   jax.eval_shape(lambda: generator.init_params(model, jax.random.PRNGKey(0), shape, text_table))

@@ -191,8 +191,9 @@ def test_bad_input(tfds_dir, tmp_path):
 
 def test_repa_and_text_embeddings(tfds_dir, tmp_path):
   rng = np.random.default_rng(0)
-  text_path, repa_path = str(tmp_path / 'text.npy'), str(tmp_path / 'repa.npy')
-  np.save(text_path, rng.standard_normal((10, 3, 5)).astype(np.float32))
+  text_path, repa_path = str(tmp_path / 'text.npz'), str(tmp_path / 'repa.npy')
+  np.savez(text_path, tokens=rng.standard_normal((10, 3, 5)).astype(np.float32),
+           mask=np.ones((10, 3), np.float32))
   np.save(repa_path, rng.standard_normal((1437, 16, 6)).astype(np.float32))  # 4x4 tokens
   config = tiny_config(tfds_dir, steps=2, text_embeddings=text_path)
   config.train.model_overrides.update({'repa_depth': 1, 'repa_dim': 6, 'repa_hidden': 16})
@@ -203,7 +204,7 @@ def test_repa_and_text_embeddings(tfds_dir, tmp_path):
 
   # The REPA term enters the loss with its weight, on the same noise draw.
   cfg = config.train
-  table = generator.load_text_table(cfg)
+  table = generator.load_text_table(cfg, 10)
   model = generator.build_model(cfg, 10, table)
   assert model.text_tokens == 3 and model.text_dim == 5
   params = generator.init_params(model, jax.random.PRNGKey(0), (8, 8, 1), table)
