@@ -206,9 +206,12 @@ def train() -> ml_collections.ConfigDict:
       'batch_size': 64,          # global batch.
       'learning_rate': 1e-4,
       'weight_decay': 0.0,
+      # Clip the gradients' global norm to this before AdamW; 0 = off (DiT's release).
+      # REPA's release clips at 1.0.
+      'grad_clip': 0.0,
       'ema_decay': 0.9999,
       'class_dropout': 0.1,
-      'flip': False,
+      'flip': False,             # random horizontal flips (REPA targets mirrored with them).
       'seed': 0,
       'fsdp': 1,                 # size of the "fsdp" mesh axis (1: data parallel only).
       'bfloat16': False,

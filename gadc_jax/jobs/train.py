@@ -49,7 +49,8 @@ def _check_config(cfg) -> None:
                      positive_ints=('steps', 'batch_size', 'log_every', 'checkpoint_every',
                                     'grid_per_class', 'fsdp'),
                      non_negative_ints=('sample_every',), positive=('learning_rate',),
-                     non_negative=('weight_decay',), fractions=('ema_decay', 'class_dropout'))
+                     non_negative=('weight_decay', 'grad_clip'),
+                     fractions=('ema_decay', 'class_dropout'))
   validation.require(cfg.repa, 'config.train.repa', non_negative=('weight',))
   generator.check_space(cfg)
   if cfg.space == 'latent':
@@ -63,8 +64,8 @@ def _check_config(cfg) -> None:
 def _inputs(config, description: dict, image_shape) -> dict:
   cfg = config.train
   keys = ('model', 'model_overrides', 'space', 'steps', 'batch_size', 'learning_rate',
-          'weight_decay', 'ema_decay', 'class_dropout', 'flip', 'seed', 'bfloat16',
-          'transport_path', 'text_embeddings', 'repa')
+          'weight_decay', 'grad_clip', 'ema_decay', 'class_dropout', 'flip', 'seed',
+          'bfloat16', 'transport_path', 'text_embeddings', 'repa')
   inputs = {k: cfg[k].to_dict() if hasattr(cfg[k], 'to_dict') else cfg[k] for k in keys}
   inputs.update(description, image_shape=list(image_shape))
   if cfg.space == 'latent':
@@ -122,7 +123,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, out: str, mesh,
       dataset_lib.save(data_path, data)
   logging.info('training %s on %d images %s', cfg.model, len(data.labels), data.x.shape[1:])
 
-  tx = train_state.optimizer(cfg.learning_rate, cfg.weight_decay)
+  tx = train_state.optimizer(cfg.learning_rate, cfg.weight_decay, cfg.grad_clip)
   # Separate streams: the model's init and per-step noise, the batches, the flips.
   key, batch_key, flip_key = jax.random.split(jax.random.PRNGKey(cfg.seed), 3)
   init = lambda: train_state.create(

@@ -187,6 +187,8 @@ def test_bad_input(tfds_dir, tmp_path):
   config.train.space = 'latent'
   with pytest.raises(ValueError, match='vae.checkpoint'):
     train.run(config, str(tmp_path / 'c'))
+  with pytest.raises(ValueError, match='config.train.grad_clip must be a finite number >= 0'):
+    train.run(tiny_config(tfds_dir, grad_clip=-1.0), str(tmp_path / 'd'))
 
 
 def test_repa_and_text_embeddings(tfds_dir, tmp_path):
