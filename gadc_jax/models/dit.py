@@ -244,6 +244,9 @@ class DiT(nn.Module):
   e + MLP(e) with MLP = affine-free LayerNorm -> Dense -> SiLU -> Dense, plus the class
   embedding. A dropped label (drop_labels, or the null label num_classes) has all-zero tokens,
   so it still gets the convolution's bias through the MLP, and the null class embedding.
+  (In training the release draws the token drop and the class drop independently, so the
+  unconditional input its sampler uses is trained 1% of the time at dropout 0.1; here one
+  draw drops both, as its sampler's unconditional half does.)
   Initialisation is the release's too: a N(0, 0.02) convolution kernel with torch's default
   bias, Xavier-uniform MLP layers, and a N(0, 1) class table (the release re-initialises the
   convolution in place of the table, which keeps torch's default).
@@ -325,11 +328,12 @@ class DiT(nn.Module):
     if text_table is None:
       raise ValueError('this DiT uses class text embeddings: pass text_table, a TextTable of '
                        f'tokens {(k, length, width)} and mask {(k, length)}')
-    for what, array, expected in (('tokens', text_table.tokens, (k, length, width)),
-                                  ('mask', text_table.mask, (k, length))):
+    for what, array, expected, axes in (
+        ('tokens', text_table.tokens, (k, length, width), 'classes, tokens, width'),
+        ('mask', text_table.mask, (k, length), 'classes, tokens')):
       if tuple(array.shape) != expected:
         raise ValueError(f'text embedding {what} have shape {tuple(array.shape)}, the model '
-                         f'expects {expected} (classes, tokens{", width" * (what == "tokens")})')
+                         f'expects {expected} ({axes})')
     rows = jnp.where(keep, labels, 0)  # any valid row: dropped labels are zeroed below.
     scale = jnp.where(keep[:, None], jnp.asarray(text_table.mask)[rows], 0)
     tokens = jnp.asarray(text_table.tokens)[rows] * scale[..., None]  # [B, L, W]
