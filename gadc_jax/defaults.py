@@ -236,9 +236,12 @@ def train() -> ml_collections.ConfigDict:
       'batch_size': 64,          # global batch.
       'learning_rate': 1e-4,
       'weight_decay': 0.0,
+      # Clip the gradients' global norm to this before AdamW; 0 = off (DiT's release).
+      # REPA's release clips at 1.0.
+      'grad_clip': 0.0,
       'ema_decay': 0.9999,
       'class_dropout': 0.1,
-      'flip': False,
+      'flip': False,             # random horizontal flips (REPA targets mirrored with them).
       'seed': 0,
       'fsdp': 1,                 # size of the "fsdp" mesh axis (1: data parallel only).
       'bfloat16': False,
@@ -251,7 +254,8 @@ def train() -> ml_collections.ConfigDict:
       'sample_every': 0,         # 0: a grid at the end only.
       'grid_per_class': 8,
       'sampler': sampler(),
-      # D2C's Attach (a): per-class text embeddings, a .npy [num_classes, tokens, width].
+      # D2C's Attach (a): per-class text embeddings, a .npz of the text_embeddings job with
+      # 'tokens' [num_classes, tokens, width] and 'mask' [num_classes, tokens].
       'text_embeddings': '',
       # D2C's Attach (b), REPA: align the tokens after block model_overrides.repa_depth to
       # the patch tokens [tokens, width] of each training image under the network of

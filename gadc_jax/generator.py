@@ -7,6 +7,7 @@ space or on SD-VAE latents, with classifier-free guidance and optional class tex
 
 import functools
 import os
+import zipfile
 
 import jax
 import jax.numpy as jnp
@@ -64,23 +65,57 @@ def model_space_shape(train_cfg, image_shape) -> tuple[int, int, int]:
   return vae_lib.latent_shape(image_shape, tuple(train_cfg.vae.channels))
 
 
-def load_text_table(train_cfg) -> np.ndarray | None:
-  """The per-class text embeddings [num_classes, tokens, width] of config.train, or None."""
+def load_text_table(train_cfg, num_classes: int) -> dit_lib.TextTable | None:
+  """The per-class text embeddings that config.train.text_embeddings names, or None.
+
+  The file is a .npz (the text_embeddings job writes it) with `tokens` [num_classes, L, W]
+  (float: the text encoder's last hidden state of each class name) and `mask`
+  [num_classes, L] (1 for a real token, 0 for padding).
+  """
   path = train_cfg.text_embeddings
   if not path:
     return None
   if not os.path.exists(path):
     raise FileNotFoundError(f'text embeddings file {path} does not exist')
-  table = np.load(path).astype(np.float32)
-  if table.ndim != 3:
-    raise ValueError(f'{path} has shape {table.shape}; expected [num_classes, tokens, width]')
-  return table
+  expected = "a .npz with 'tokens' [num_classes, tokens, width] and 'mask' [num_classes, tokens]"
+  unreadable = (OSError, ValueError, zipfile.BadZipFile)
+  try:
+    loaded = np.load(path, allow_pickle=False)
+  except unreadable as e:
+    raise ValueError(f'text embeddings file {path} is not a .npz file ({e})') from None
+  if not isinstance(loaded, np.lib.npyio.NpzFile):
+    raise ValueError(f'text embeddings file {path} holds one array {loaded.shape} (an older '
+                     f'.npy table?); expected {expected}: run the text_embeddings job')
+  try:
+    with loaded:
+      arrays = {k: loaded[k] for k in ('tokens', 'mask') if k in loaded.files}
+      names = sorted(loaded.files)
+  except unreadable as e:
+    raise ValueError(f'text embeddings file {path} is damaged ({e})') from None
+  if len(arrays) != 2:
+    raise ValueError(f'text embeddings file {path} holds {names}; expected {expected}')
+  tokens, mask = arrays['tokens'], arrays['mask']
+  if tokens.ndim != 3 or mask.shape != tokens.shape[:2]:
+    raise ValueError(f'text embeddings file {path} has tokens {tokens.shape} and mask '
+                     f'{mask.shape}; expected [num_classes, tokens, width] and '
+                     '[num_classes, tokens]')
+  if len(tokens) != num_classes:
+    raise ValueError(f'text embeddings file {path} has {len(tokens)} classes, the dataset '
+                     f'{num_classes}')
+  if not np.issubdtype(tokens.dtype, np.floating) or not np.isfinite(tokens).all():
+    raise ValueError(f'text embeddings file {path}: tokens must be finite floats, got '
+                     f'{tokens.dtype} with {np.size(tokens) - np.isfinite(tokens).sum()} '
+                     'non-finite values')
+  if not np.isin(mask, (0, 1)).all():
+    raise ValueError(f'text embeddings file {path}: mask must hold only 0 (padding) and 1 '
+                     f'(token), found {np.setdiff1d(mask, (0, 1))[:5]}')
+  return dit_lib.TextTable(tokens.astype(np.float32), mask.astype(np.float32))
 
 
 def build_model(train_cfg, num_classes: int,
-                text_table: np.ndarray | None = None) -> dit_lib.DiT:
-  text = {} if text_table is None else {'text_tokens': text_table.shape[1],
-                                        'text_dim': text_table.shape[2]}
+                text_table: dit_lib.TextTable | None = None) -> dit_lib.DiT:
+  text = {} if text_table is None else {'text_tokens': text_table.tokens.shape[1],
+                                        'text_dim': text_table.tokens.shape[2]}
   return dit_lib.make_dit(train_cfg.model, num_classes=num_classes,
                           class_dropout_prob=train_cfg.class_dropout,
                           dtype=jnp.bfloat16 if train_cfg.bfloat16 else jnp.float32,
@@ -130,7 +165,7 @@ def restore_ema_params(config, workdir: str, num_classes: int, image_shape):
   except (FileNotFoundError, ValueError) as e:
     raise type(e)(f'the train run {out} is not whole: {e}; run the train job again (it '
                   'redoes the steps after its latest whole checkpoint)') from None
-  text_table = load_text_table(cfg)
+  text_table = load_text_table(cfg, num_classes)
   model = build_model(cfg, num_classes, text_table)
   abstract = jax.eval_shape(lambda: init_params(
       model, jax.random.PRNGKey(0), model_space_shape(cfg, image_shape), text_table))
@@ -182,7 +217,7 @@ def generate(train_cfg, model, params, labels, key: jax.Array,
     sampler_cfg: a `defaults.sampler()` section.
     num_classes: the classes of the model (the null class of guidance is this index).
     image_shape: (H, W, C) of the images the model was trained on.
-    text_table: the class text embeddings, if the model uses them.
+    text_table: the class text embeddings (a TextTable), if the model uses them.
     vae: (module, params) of the SD-VAE for latent models.
   """
   check_sampler(train_cfg, sampler_cfg)

@@ -97,7 +97,7 @@ def _sample_parts(config: ml_collections.ConfigDict, workdir: str, out: str, tod
   cfg = config.sample
   model, params, _ = generator.restore_ema_params(config, workdir, info.num_classes,
                                                   info.image_shape)
-  text_table = generator.load_text_table(config.train)
+  text_table = generator.load_text_table(config.train, info.num_classes)
   vae = generator.load_vae(config.train) if config.train.space == 'latent' else None
   key = jax.random.PRNGKey(cfg.seed)
   num_batches = -(-cfg.num_samples // cfg.batch_size)

@@ -52,7 +52,8 @@ def _check_config(cfg) -> None:
                      positive_ints=('steps', 'batch_size', 'log_every', 'checkpoint_every',
                                     'grid_per_class', 'fsdp'),
                      non_negative_ints=('sample_every',), positive=('learning_rate',),
-                     non_negative=('weight_decay',), fractions=('ema_decay', 'class_dropout'))
+                     non_negative=('weight_decay', 'grad_clip'),
+                     fractions=('ema_decay', 'class_dropout'))
   validation.require(cfg.repa, 'config.train.repa', non_negative=('weight',))
   generator.check_space(cfg)
   dit_lib.block_class(cfg.remat)  # an unknown policy is named before anything is built.
@@ -67,8 +68,8 @@ def _check_config(cfg) -> None:
 def _inputs(config, description: dict, image_shape) -> dict:
   cfg = config.train
   keys = ('model', 'model_overrides', 'space', 'steps', 'batch_size', 'learning_rate',
-          'weight_decay', 'ema_decay', 'class_dropout', 'flip', 'seed', 'bfloat16',
-          'transport_path', 'text_embeddings', 'repa')
+          'weight_decay', 'grad_clip', 'ema_decay', 'class_dropout', 'flip', 'seed',
+          'bfloat16', 'transport_path', 'text_embeddings', 'repa')
   inputs = {k: cfg[k].to_dict() if hasattr(cfg[k], 'to_dict') else cfg[k] for k in keys}
   inputs.update(description, image_shape=list(image_shape))
   if cfg.space == 'latent':
@@ -119,7 +120,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, out: str, mesh,
     ckpt.delete(record['step'])
 
   vae = generator.load_vae(cfg) if cfg.space == 'latent' else None
-  text_table = generator.load_text_table(cfg)
+  text_table = generator.load_text_table(cfg, info.num_classes)
   model = generator.build_model(cfg, info.num_classes, text_table)
   # The patch must divide the image; fail before any work rather than inside the step.
   jax.eval_shape(lambda: generator.init_params(model, jax.random.PRNGKey(0), shape, text_table))
@@ -133,7 +134,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, out: str, mesh,
       dataset_lib.save(data_path, data)
   logging.info('training %s on %d images %s', cfg.model, len(data.labels), data.x.shape[1:])
 
-  tx = train_state.optimizer(cfg.learning_rate, cfg.weight_decay)
+  tx = train_state.optimizer(cfg.learning_rate, cfg.weight_decay, cfg.grad_clip)
   # Separate streams: the model's init and per-step noise, the batches, the flips.
   key, batch_key, flip_key = jax.random.split(jax.random.PRNGKey(cfg.seed), 3)
   init = lambda: train_state.create(

@@ -70,12 +70,21 @@ def dit_from_torch(state_dict: StateDict, model: dit_lib.DiT, in_channels: int =
   Names: x_embedder.proj, t_embedder.mlp.{0,2}, y_embedder.embedding_table,
   blocks.N.{attn.qkv, attn.proj, mlp.fc1, mlp.fc2, adaLN_modulation.1},
   final_layer.{adaLN_modulation.1, linear}; the fixed pos_embed is recomputed, not read.
+  The GADC release (training/dit.py) adds the text branch, y_embedder.conv (a Conv1d) and
+  y_embedder.mlp.{1,3} (after an affine-free LayerNorm), and one REPA projector,
+  projectors.0.{0,2,4}; a checkpoint with several projectors is refused (one is supported).
   """
   renames = [
       (r'x_embedder\.proj', 'x_embedder'),
       (r't_embedder\.mlp\.0', 't_embedder.fc1'),
       (r't_embedder\.mlp\.2', 't_embedder.fc2'),
       (r'y_embedder\.embedding_table', 'y_embedder'),
+      (r'y_embedder\.conv', 'text_conv'),
+      (r'y_embedder\.mlp\.1', 'text_mlp.fc1'),
+      (r'y_embedder\.mlp\.3', 'text_mlp.fc2'),
+      (r'projectors\.0\.0', 'projector.fc1'),
+      (r'projectors\.0\.2', 'projector.fc2'),
+      (r'projectors\.0\.4', 'projector.fc3'),
       (r'adaLN_modulation\.1', 'adaLN_modulation'),
       (r'blocks\.(\d+)', r'blocks_\1'),
   ]
@@ -172,8 +181,8 @@ def _put(flat: _Flat, name: str, target: str, array: np.ndarray) -> None:
   *path, leaf = target.split('.')
   array = np.asarray(array, np.float32)
   if leaf == 'weight':
-    if array.ndim == 4:  # Convolution [out, in, kh, kw] -> [kh, kw, in, out].
-      leaf, array = 'kernel', array.transpose(2, 3, 1, 0)
+    if array.ndim >= 3:  # Convolution [out, in, *window] -> [*window, in, out].
+      leaf, array = 'kernel', array.transpose(*range(2, array.ndim), 1, 0)
     elif array.ndim == 2 and path[-1] == 'y_embedder':
       leaf = 'embedding'
     elif array.ndim == 2:  # Linear [out, in] -> [in, out].
@@ -210,8 +219,8 @@ def _check(flat: _Flat, shapes: Any, what: str):
 
 def _torch_layout(path: Tuple[str, ...], shape: Tuple[int, ...]) -> Tuple[int, ...]:
   """The shape a Flax parameter has in the torch checkpoint (undoes `_put`'s transposes)."""
-  if path[-1] == 'kernel' and len(shape) == 4:
-    return (shape[3], shape[2], shape[0], shape[1])
+  if path[-1] == 'kernel' and len(shape) >= 3:
+    return (shape[-1], shape[-2], *shape[:-2])
   if path[-1] == 'kernel' and len(shape) == 2:
     return (shape[1], shape[0])
   return tuple(shape)

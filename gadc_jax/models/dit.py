@@ -12,12 +12,13 @@ a published checkpoint is a rename (see convert.py).
 Options used by the GADC paper's D2C setups:
   * REPA (Yu et al. 2025): an MLP projector on the tokens after block `repa_depth`, aligned to
     the patch features of a frozen encoder with `repa_loss`.
-  * D2C's Attach: per-class text embeddings [num_classes, T, E] reduced over the T tokens by a
-    1-d convolution and passed through an MLP, then added to the class embedding.
+  * D2C's Attach, as in the GADC release's LabelEmbedder: per-class text-encoder tokens
+    [num_classes, L, W] and their padding mask, reduced by a 1-d convolution over the L tokens,
+    refined by a residual MLP and added to the class embedding.
 """
 
 import math
-from typing import Any, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -36,6 +37,15 @@ DIT_CONFIGS = {
 
 # Frequencies of the timestep embedding, as in DiT's TimestepEmbedder.
 FREQUENCY_EMBEDDING_SIZE = 256
+
+
+class TextTable(NamedTuple):
+  """Per-class text-encoder outputs (e.g. FLAN-T5-XL's last hidden state for each class name).
+
+  tokens: [num_classes, L, W] float; mask: [num_classes, L], 1 for a real token, 0 for padding.
+  """
+  tokens: Any
+  mask: Any
 
 
 def make_dit(name: str, **kwargs) -> 'DiT':
@@ -58,7 +68,8 @@ def param_shapes(model: 'DiT', input_size: int = 32, in_channels: int = 4) -> An
                                           text_table=text)
   return jax.eval_shape(
       init, spec((1, input_size, input_size, in_channels)), spec((1,)), spec((1,), jnp.int32),
-      spec((model.num_classes, model.text_tokens, model.text_dim)))['params']
+      TextTable(spec((model.num_classes, model.text_tokens, model.text_dim)),
+                spec((model.num_classes, model.text_tokens))))['params']
 
 
 def param_count(model: 'DiT', input_size: int = 32, in_channels: int = 4) -> int:
@@ -246,12 +257,19 @@ class DiT(nn.Module):
   With repa_depth > 0 the call returns (out, {'repa': [B, N, repa_dim]}), the projected tokens
   after block repa_depth (N = H W / patch^2, row-major).
 
-  With text_tokens > 0 (D2C's Attach) the call needs `text_table` [num_classes, text_tokens,
-  text_dim]: the per-class text-encoder outputs (FLAN-T5-XL: 16 tokens of width 2048). The
-  tokens of a class are mixed into one vector by a 1-d convolution of kernel 1 whose input
-  channels are the tokens (a learned weighted sum over tokens plus a bias), passed through an
-  MLP to the hidden width and added to the class embedding. The MLP's last layer starts at zero
-  so the model starts as the plain class-conditional one; dropped labels get no text.
+  With text_tokens > 0 (D2C's Attach) the call needs `text_table`, a TextTable of every class's
+  text-encoder tokens [num_classes, text_tokens, text_dim] and padding mask, and follows the
+  GADC release's LabelEmbedder (training/dit.py): the masked tokens [B, L, W] of each label go
+  through a convolution of kernel and stride L (one output position, `hidden` channels), then
+  e + MLP(e) with MLP = affine-free LayerNorm -> Dense -> SiLU -> Dense, plus the class
+  embedding. A dropped label (drop_labels, or the null label num_classes) has all-zero tokens,
+  so it still gets the convolution's bias through the MLP, and the null class embedding.
+  (In training the release draws the token drop and the class drop independently, so the
+  unconditional input its sampler uses is trained 1% of the time at dropout 0.1; here one
+  draw drops both, as its sampler's unconditional half does.)
+  Initialisation is the release's too: a N(0, 0.02) convolution kernel with torch's default
+  bias, Xavier-uniform MLP layers, and a N(0, 1) class table (the release re-initialises the
+  convolution in place of the table, which keeps torch's default).
 
   dtype is the computation dtype (e.g. jnp.bfloat16); parameters stay float32 and the outputs
   are float32. remat names the blocks' rematerialisation policy (REMAT_POLICIES): it trades
@@ -299,12 +317,16 @@ class DiT(nn.Module):
     if drop_labels is None and train and self.class_dropout_prob > 0:
       drop_labels = jax.random.bernoulli(
           self.make_rng('label_dropout'), self.class_dropout_prob, y.shape)
-    keep = jnp.ones(y.shape, bool) if drop_labels is None else ~drop_labels
+    # The null label (num_classes) is a dropped label too: guidance passes it.
+    keep = y < self.num_classes
+    if drop_labels is not None:
+      keep = keep & ~drop_labels
     labels = jnp.where(keep, y, self.num_classes)
-    y_emb = nn.Embed(self.num_classes + 1, self.hidden, embedding_init=normal,
+    y_emb = nn.Embed(self.num_classes + 1, self.hidden,
+                     embedding_init=nn.initializers.normal(1.0) if self.text_tokens else normal,
                      dtype=self.dtype, name='y_embedder')(labels)
     if self.text_tokens:
-      y_emb = y_emb + keep[:, None] * self._text_embedding(text_table, y)
+      y_emb = y_emb + self._text_embedding(text_table, labels, keep)
     c = t_emb + y_emb
 
     extras = {}
@@ -323,15 +345,31 @@ class DiT(nn.Module):
     out = out.reshape(b, height, width, c_out).astype(jnp.float32)
     return (out, extras) if self.repa_depth else out
 
-  def _text_embedding(self, text_table, y):
-    """Attach's text branch: table [K, T, E] and labels y [B] -> [B, hidden]."""
-    expected = (self.num_classes, self.text_tokens, self.text_dim)
+  def _text_embedding(self, text_table: TextTable, labels, keep):
+    """Attach's text branch: labels [B] (kept where `keep` [B]) -> [B, hidden]."""
+    k, length, width = self.num_classes, self.text_tokens, self.text_dim
     if text_table is None:
-      raise ValueError(f'this DiT uses class text embeddings: pass text_table {expected}')
-    if tuple(text_table.shape) != expected:
-      raise ValueError(f'text embeddings have shape {tuple(text_table.shape)}, the model '
-                      f'expects {expected} (classes, tokens, width)')
-    tokens = jnp.asarray(text_table)[y].astype(self.dtype).transpose(0, 2, 1)  # [B, E, T]
-    mixed = nn.Conv(1, (1,), dtype=self.dtype, name='text_conv')(tokens)[..., 0]  # [B, E]
-    return Mlp((self.hidden, self.hidden), out_init=_zeros, dtype=self.dtype,
-               name='text_mlp')(mixed)
+      raise ValueError('this DiT uses class text embeddings: pass text_table, a TextTable of '
+                       f'tokens {(k, length, width)} and mask {(k, length)}')
+    for what, array, expected, axes in (
+        ('tokens', text_table.tokens, (k, length, width), 'classes, tokens, width'),
+        ('mask', text_table.mask, (k, length), 'classes, tokens')):
+      if tuple(array.shape) != expected:
+        raise ValueError(f'text embedding {what} have shape {tuple(array.shape)}, the model '
+                         f'expects {expected} ({axes})')
+    rows = jnp.where(keep, labels, 0)  # any valid row: dropped labels are zeroed below.
+    scale = jnp.where(keep[:, None], jnp.asarray(text_table.mask)[rows], 0)
+    tokens = jnp.asarray(text_table.tokens)[rows] * scale[..., None]  # [B, L, W]
+    conv = nn.Conv(self.hidden, (length,), strides=(length,), padding='VALID', dtype=self.dtype,
+                   kernel_init=nn.initializers.normal(0.02),
+                   bias_init=_torch_default_bias(length * width), name='text_conv')
+    emb = conv(tokens.astype(self.dtype))[:, 0]  # [B, hidden]
+    mlp = Mlp((self.hidden, self.hidden), dtype=self.dtype, name='text_mlp')
+    return emb + mlp(_layer_norm()(emb))
+
+
+def _torch_default_bias(fan_in: int):
+  """torch's default bias init of a linear or convolution layer: U(-1/sqrt(fan_in), ...)."""
+  bound = 1.0 / math.sqrt(fan_in)
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound,
+                                                                  bound)

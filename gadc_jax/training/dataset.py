@@ -5,6 +5,7 @@ space: pixels in [-1, 1], or the SD-VAE posterior moments of each image (a fresh
 drawn from them every step, as DiT trains). Batches are a function of (seed, step) alone.
 """
 
+import math
 import os
 from typing import NamedTuple
 
@@ -99,8 +100,28 @@ def load(path: str) -> TrainingSet:
                        z['repa'] if 'repa' in z.files else None)
 
 
+def mirror_token_grid(tokens: np.ndarray, height: int, width: int) -> np.ndarray:
+  """The patch tokens [B, N, D] of [height, width] images -> those of the mirrored images.
+
+  The tokens are a row-major grid with the images' aspect ratio (rows / cols = height /
+  width, as DiT's patches and a ViT's); mirroring an image left-right reverses each row.
+  """
+  n = tokens.shape[1]
+  cols = round(math.sqrt(n * width / height))
+  rows = n // max(cols, 1)
+  if rows * cols != n or rows * width != cols * height:
+    raise ValueError(f'{n} REPA tokens do not form a grid of the images\' aspect ratio '
+                     f'{height}x{width}')
+  grid = tokens.reshape(tokens.shape[0], rows, cols, *tokens.shape[2:])
+  return grid[:, :, ::-1].reshape(tokens.shape)
+
+
 def host_batch(data: TrainingSet, idx: np.ndarray, flip_key: jax.Array | None) -> dict:
-  """This host's rows of a global batch `idx` (hosts take equal contiguous slices)."""
+  """This host's rows of a global batch `idx` (hosts take equal contiguous slices).
+
+  With a flip key, each image is mirrored left-right with probability 1/2, and so is its
+  REPA token grid: the targets stay those of the image the model sees.
+  """
   rows = input_pipeline.host_shard(len(idx))
   idx = idx[rows.start:rows.stop]
   batch = {'x': data.x[idx], 'y': data.labels[idx]}
@@ -112,4 +133,7 @@ def host_batch(data: TrainingSet, idx: np.ndarray, flip_key: jax.Array | None) -
     for k in ('x', 'logvar'):
       if k in batch:
         batch[k] = np.where(flip[:, None, None, None], batch[k][:, :, ::-1], batch[k])
+    if 'repa' in batch:
+      mirrored = mirror_token_grid(batch['repa'], *data.x.shape[1:3])
+      batch['repa'] = np.where(flip[:, None, None], mirrored, batch['repa'])
   return batch

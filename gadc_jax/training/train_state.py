@@ -30,9 +30,17 @@ def create(params: PyTree, tx: optax.GradientTransformation) -> TrainState:
                     ema_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params))
 
 
-def optimizer(learning_rate: float, weight_decay: float) -> optax.GradientTransformation:
-  """AdamW: the optimizer of every model trained here (classifiers, DiT, SiT)."""
-  return optax.adamw(learning_rate, weight_decay=weight_decay)
+def optimizer(learning_rate: float, weight_decay: float,
+              grad_clip: float = 0.0) -> optax.GradientTransformation:
+  """AdamW: the optimizer of every model trained here (classifiers, DiT, SiT).
+
+  grad_clip > 0 first scales the gradients to global norm at most grad_clip, as REPA's
+  train.py does (max norm 1.0, torch's clip_grad_norm_); 0 leaves them as they are (DiT).
+  """
+  adamw = optax.adamw(learning_rate, weight_decay=weight_decay)
+  if grad_clip > 0:
+    return optax.chain(optax.clip_by_global_norm(grad_clip), adamw)
+  return adamw
 
 
 def batch_indices(key: jax.Array, step: int, num_examples: int, batch_size: int) -> np.ndarray:

@@ -188,6 +188,8 @@ def test_bad_input(tfds_dir, tmp_path):
   config.train.space = 'latent'
   with pytest.raises(ValueError, match='vae.checkpoint'):
     train.run(config, str(tmp_path / 'c'))
+  with pytest.raises(ValueError, match='config.train.grad_clip must be a finite number >= 0'):
+    train.run(tiny_config(tfds_dir, grad_clip=-1.0), str(tmp_path / 'd'))
 
 
 def _write_repa_targets(config, workdir: str, tokens: np.ndarray) -> None:
@@ -203,8 +205,9 @@ def _write_repa_targets(config, workdir: str, tokens: np.ndarray) -> None:
 
 def test_repa_and_text_embeddings(tfds_dir, tmp_path):
   rng = np.random.default_rng(0)
-  text_path = str(tmp_path / 'text.npy')
-  np.save(text_path, rng.standard_normal((10, 3, 5)).astype(np.float32))
+  text_path = str(tmp_path / 'text.npz')
+  np.savez(text_path, tokens=rng.standard_normal((10, 3, 5)).astype(np.float32),
+           mask=np.ones((10, 3), np.float32))
   config = tiny_config(tfds_dir, steps=2, text_embeddings=text_path)
   config.train.model_overrides.update({'repa_depth': 1, 'repa_dim': 6, 'repa_hidden': 16})
   # Only its checkpoint's bytes enter the targets' fingerprint here.
@@ -218,7 +221,7 @@ def test_repa_and_text_embeddings(tfds_dir, tmp_path):
 
   # The REPA term enters the loss with its weight, on the same noise draw.
   cfg = config.train
-  table = generator.load_text_table(cfg)
+  table = generator.load_text_table(cfg, 10)
   model = generator.build_model(cfg, 10, table)
   assert model.text_tokens == 3 and model.text_dim == 5
   params = generator.init_params(model, jax.random.PRNGKey(0), (8, 8, 1), table)

@@ -21,7 +21,10 @@ def _inputs(b=2, size=8):
 
 def _random_params(model, *args, **kwargs):
   """Initialised params with every leaf redrawn, so zero-initialised layers matter too."""
-  params = model.init(jax.random.key(0), *args, **kwargs)
+  return _redrawn(model.init(jax.random.key(0), *args, **kwargs))
+
+
+def _redrawn(params):
   leaves, tree = jax.tree_util.tree_flatten(params)
   keys = jax.random.split(jax.random.key(2), len(leaves))
   return tree.unflatten(
@@ -104,30 +107,45 @@ def test_repa_head_and_loss():
 
 
 def test_text_augmented_label_embedding():
+  # The release's outputs on converted weights: tests/models/test_convert.py. Here: the mask,
+  # the drops, the release's initialisation and the shape checks.
   x, t, y = _inputs()
-  table = jax.random.normal(jax.random.key(5), (10, 3, 16))
+  tokens = jax.random.normal(jax.random.key(5), (10, 3, 16))
+  mask = jnp.ones((10, 3)).at[7, 2].set(0)  # class 7's last token is padding.
+  table = dit.TextTable(tokens, mask)
   model = dit.DiT(**TINY, text_tokens=3, text_dim=16)
-  plain = dit.DiT(**TINY)
-  params = model.init(jax.random.key(0), x, t, y, train=False, text_table=table)
-  # The text MLP starts at zero: at initialisation the model is the plain one.
-  plain_params = {'params': {k: v for k, v in params['params'].items()
-                             if not k.startswith('text_')}}
-  np.testing.assert_allclose(model.apply(params, x, t, y, train=False, text_table=table),
-                             plain.apply(plain_params, x, t, y, train=False), atol=1e-6)
-  params = _random_params(model, x, t, y, train=False, text_table=table)
-  with_text = model.apply(params, x, t, y, train=False, text_table=table)
-  other_text = model.apply(params, x, t, y, train=False, text_table=-table)
-  assert np.abs(with_text - other_text).max() > 1e-3
-  # A dropped label gets the null class and no text.
-  drop = jnp.array([True, True])
-  np.testing.assert_allclose(
-      model.apply(params, x, t, y, train=False, text_table=table, drop_labels=drop),
-      model.apply(params, x, t, y, train=False, text_table=-table, drop_labels=drop),
-      atol=1e-6)
-  with pytest.raises(ValueError, match=r'\(10, 3, 16\)'):
-    model.apply(params, x, t, y, train=False, text_table=table[:, :2])
+  init = jax.jit(lambda: model.init(jax.random.key(0), x, t, y, train=False,
+                                    text_table=table))()
+  # torch's defaults where the release does not re-initialise: N(0, 1) class table, conv bias
+  # U(+-1/sqrt(3 * 16)); the conv kernel is N(0, 0.02).
+  assert 0.8 < np.std(init['params']['y_embedder']['embedding']) < 1.2
+  assert 0.015 < np.std(init['params']['text_conv']['kernel']) < 0.025
+  bias = np.abs(init['params']['text_conv']['bias'])
+  assert 0.5 / np.sqrt(48) < bias.max() <= 1 / np.sqrt(48)
+
+  params = _redrawn(init)
+  apply = jax.jit(lambda tokens, labels, drop: model.apply(
+      params, x, t, labels, train=False, text_table=dit.TextTable(tokens, mask),
+      drop_labels=drop))
+  keep = jnp.zeros(2, bool)
+  with_text = apply(tokens, y, keep)
+  # Padding tokens are masked out; real ones count.
+  np.testing.assert_allclose(apply(tokens.at[7, 2].set(9.0), y, keep), with_text, atol=1e-6)
+  assert np.abs(apply(tokens.at[7, 1].set(9.0), y, keep) - with_text)[1].max() > 1e-3
+  # A dropped label and the null label (num_classes) read no text: the same output whatever
+  # the table holds.
+  dropped = apply(tokens, y, jnp.ones(2, bool))
+  np.testing.assert_allclose(apply(-tokens, y, jnp.ones(2, bool)), dropped, atol=1e-6)
+  np.testing.assert_allclose(apply(tokens, jnp.array([10, 10]), keep), dropped, atol=1e-6)
+  np.testing.assert_allclose(apply(-tokens, jnp.array([10, 10]), keep), dropped, atol=1e-6)
+  shapes = lambda table: jax.eval_shape(
+      lambda: model.apply(params, x, t, y, train=False, text_table=table))
+  with pytest.raises(ValueError, match=r'tokens have shape \(10, 2, 16\).*\(10, 3, 16\)'):
+    shapes(dit.TextTable(tokens[:, :2], mask))
+  with pytest.raises(ValueError, match=r'mask have shape \(9, 3\).*\(10, 3\)'):
+    shapes(dit.TextTable(tokens, mask[1:]))
   with pytest.raises(ValueError, match='text_table'):
-    model.apply(params, x, t, y, train=False)
+    shapes(None)
 
 
 def test_bfloat16_computation_keeps_float32_params():
