@@ -182,7 +182,10 @@ def sampler() -> ml_collections.ConfigDict:
       'method': 'ddpm',        # DiT: ddpm | ddim; SiT: ode | sde.
       'steps': 250,
       'cfg_scale': 1.5,
-      'guided_channels': 0,    # 0: every noise/velocity channel (3 reproduces DiT's release).
+      # Leading prediction channels that guidance mixes; 0: as the releases do in
+      # config.train.space: the first 3 of the 4 SD-VAE latent channels (DiT's and SiT's
+      # forward_with_cfg), every channel in pixel space.
+      'guided_channels': 0,
   })
 
 

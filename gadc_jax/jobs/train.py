@@ -90,6 +90,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, out: str, mesh,
   info = input_pipeline.split_info(config.data, cfg.split)
   positions, labels, description = dataset_lib.training_positions(config, workdir)
   shape = generator.model_space_shape(cfg, info.image_shape)
+  # Checked now rather than at the first sample grid.
+  generator.guided_channels(cfg, cfg.sampler, shape[-1], 'config.train.sampler')
   inputs = _inputs(config, description, shape)
   expected = artifacts.fingerprint(inputs)
   done_path = os.path.join(out, 'train.json')
