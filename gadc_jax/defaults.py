@@ -218,6 +218,9 @@ def train() -> ml_collections.ConfigDict:
       'transport_path': 'linear',  # SiT only.
       'log_every': 100,
       'checkpoint_every': 1000,
+      # Besides the latest two, keep the checkpoints of steps that are multiples of this (a
+      # multiple of checkpoint_every); 0: the latest two only.
+      'keep_every': 0,
       'sample_every': 0,         # 0: a grid at the end only.
       'grid_per_class': 8,
       'sampler': sampler(),
