@@ -93,6 +93,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train.checkpoint_every = 5_000
   config.train.sample_every = 10_000
   config.train.sampler.method = 'ddpm' if dit else 'ode'
+  # Guidance on the first 3 of the 4 latent channels, as DiT's and SiT's forward_with_cfg.
+  config.train.sampler.guided_channels = 3
 
   config.sample = defaults.sample()
   config.sample.num_samples = 50_000

@@ -184,7 +184,10 @@ def sampler() -> ml_collections.ConfigDict:
       'method': 'ddpm',        # DiT: ddpm | ddim; SiT: ode | sde.
       'steps': 250,
       'cfg_scale': 1.5,
-      'guided_channels': 0,    # 0: every noise/velocity channel (3 reproduces DiT's release).
+      # Leading prediction channels that guidance mixes; 0: as the releases do in
+      # config.train.space: the first 3 of the 4 SD-VAE latent channels (DiT's and SiT's
+      # forward_with_cfg), every channel in pixel space.
+      'guided_channels': 0,
   })
 
 
@@ -251,6 +254,9 @@ def train() -> ml_collections.ConfigDict:
       'transport_path': 'linear',  # SiT only.
       'log_every': 100,
       'checkpoint_every': 1000,
+      # Besides the latest two, keep the checkpoints of steps that are multiples of this (a
+      # multiple of checkpoint_every); 0: the latest two only.
+      'keep_every': 0,
       'sample_every': 0,         # 0: a grid at the end only.
       'grid_per_class': 8,
       'sampler': sampler(),

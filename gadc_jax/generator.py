@@ -29,6 +29,8 @@ SAMPLERS = {'DiT': ('ddpm', 'ddim'), 'SiT': ('ode', 'sde')}
 SPACES = ('pixel', 'latent')
 # Steps of DiT's diffusion process: a DDPM / DDIM sampler takes at most these.
 DIFFUSION_STEPS = 1000
+# DiT's and SiT's forward_with_cfg guide the first 3 of the 4 SD-VAE latent channels.
+RELEASE_GUIDED_CHANNELS = 3
 
 
 def family(train_cfg) -> str:
@@ -49,6 +51,23 @@ def check_sampler(train_cfg, sampler_cfg, where: str = 'sampler') -> None:
   if family(train_cfg) == 'DiT' and sampler_cfg.steps > DIFFUSION_STEPS:
     raise ValueError(f'{where}.steps must be at most the {DIFFUSION_STEPS} steps of the '
                      f'diffusion, got {sampler_cfg.steps}')
+
+
+def guided_channels(train_cfg, sampler_cfg, channels: int, where: str = 'sampler') -> int:
+  """The leading channels of the model's prediction that classifier-free guidance mixes.
+
+  sampler_cfg.guided_channels, or for 0 the release's choice in config.train.space: on
+  SD-VAE latents the first RELEASE_GUIDED_CHANNELS (DiT's and SiT's forward_with_cfg), in
+  pixel space every one of the `channels` channels of the images. A ValueError when it
+  exceeds `channels`: the variance channels of a learned-sigma DiT are never guided.
+  """
+  count = sampler_cfg.guided_channels
+  if count == 0:
+    return channels if train_cfg.space == 'pixel' else min(RELEASE_GUIDED_CHANNELS, channels)
+  if count > channels:
+    raise ValueError(f'{where}.guided_channels is {count} but the model space has only '
+                     f'{channels} channels')
+  return count
 
 
 def check_space(train_cfg) -> None:
@@ -175,25 +194,35 @@ def restore_ema_params(config, workdir: str, num_classes: int, image_shape):
   return model, ema, record
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'sampler', 'sit', 'pixel', 'shape',
-                                              'num_classes', 'transport_path'))
-def _sample(params, labels, key, text_table, *, model, sampler, sit: bool, pixel: bool, shape,
-            num_classes: int, transport_path: str):
-  """Model-space samples [B, *shape] for labels [B]; sampler = (method, steps, scale, k)."""
-  method, steps, scale, guided_channels = sampler
+def conditional_model_fn(model, params, labels: jax.Array, text_table, scale: float,
+                         num_classes: int, num_guided_channels: int):
+  """The model_fn(x [B, ...], t [B]) a sampler calls: the model for `labels` [B].
 
+  Guided with `scale` on the first `num_guided_channels` channels of the prediction (the
+  null class is `num_classes`); scale 1 is the conditional model alone, in one call.
+  """
   def apply_fn(x, t, y):
     out = model.apply(params, x, t, y, train=False, text_table=text_table)
     return out[0] if isinstance(out, tuple) else out  # drop REPA extras.
 
   if scale == 1.0:
-    model_fn = lambda x, t: apply_fn(x, t, labels)
-  else:
-    guided = guidance.cfg_model_fn(apply_fn, scale, num_classes, guided_channels or None)
-    model_fn = lambda x, t: guided(x, t, labels)
+    return lambda x, t: apply_fn(x, t, labels)
+  guided = guidance.cfg_model_fn(apply_fn, scale, num_classes, num_guided_channels)
+  return lambda x, t: guided(x, t, labels)
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'sampler', 'sit', 'pixel', 'shape',
+                                              'num_classes', 'transport_path'))
+def _sample(params, labels, key, text_table, *, model, sampler, sit: bool, pixel: bool, shape,
+            num_classes: int, transport_path: str):
+  """Model-space samples [B, *shape] for labels [B]; sampler = (method, steps, scale, k)."""
+  method, steps, scale, num_guided_channels = sampler
+  model_fn = conditional_model_fn(model, params, labels, text_table, scale, num_classes,
+                                  num_guided_channels)
   k_init, k_loop = jax.random.split(key)
   x_init = jax.random.normal(k_init, (labels.shape[0],) + shape)
   if sit:
+    # The path the model was trained on: the SDE's score and noise depend on it.
     transport = transport_lib.create_transport(transport_path)
     if method == 'ode':
       return transport.ode_sample(model_fn, x_init, steps)
@@ -202,6 +231,23 @@ def _sample(params, labels, key, text_table, *, model, sampler, sit: bool, pixel
   if method == 'ddpm':
     return diffusion.p_sample_loop(model_fn, x_init, k_loop, clip_denoised=pixel)
   return diffusion.ddim_sample_loop(model_fn, x_init, k_loop, clip_denoised=pixel)
+
+
+def sample_model_space(train_cfg, model, params, labels, key: jax.Array,
+                       sampler_cfg: ml_collections.ConfigDict, num_classes: int,
+                       image_shape, text_table=None) -> jax.Array:
+  """Samples [B, *model_space_shape] for `labels` [B]: pixels in [-1, 1] or scaled latents.
+
+  The arguments are `generate`'s.
+  """
+  check_sampler(train_cfg, sampler_cfg)
+  shape = model_space_shape(train_cfg, image_shape)
+  sampler = (sampler_cfg.method, int(sampler_cfg.steps), float(sampler_cfg.cfg_scale),
+             guided_channels(train_cfg, sampler_cfg, shape[-1]))
+  return _sample(params, jnp.asarray(labels, jnp.int32), key, text_table, model=model,
+                 sampler=sampler, sit=family(train_cfg) == 'SiT',
+                 pixel=train_cfg.space == 'pixel', shape=shape, num_classes=num_classes,
+                 transport_path=train_cfg.transport_path)
 
 
 def generate(train_cfg, model, params, labels, key: jax.Array,
@@ -220,15 +266,9 @@ def generate(train_cfg, model, params, labels, key: jax.Array,
     text_table: the class text embeddings (a TextTable), if the model uses them.
     vae: (module, params) of the SD-VAE for latent models.
   """
-  check_sampler(train_cfg, sampler_cfg)
-  pixel = train_cfg.space == 'pixel'
-  sampler = (sampler_cfg.method, int(sampler_cfg.steps), float(sampler_cfg.cfg_scale),
-             int(sampler_cfg.guided_channels))
-  x = _sample(params, jnp.asarray(labels, jnp.int32), key, text_table, model=model,
-              sampler=sampler, sit=family(train_cfg) == 'SiT', pixel=pixel,
-              shape=model_space_shape(train_cfg, image_shape), num_classes=num_classes,
-              transport_path=train_cfg.transport_path)
-  if not pixel:
+  x = sample_model_space(train_cfg, model, params, labels, key, sampler_cfg, num_classes,
+                         image_shape, text_table)
+  if train_cfg.space == 'latent':
     vae_model, vae_params = vae
     x = vae_model.apply(vae_params, x / train_cfg.vae.scale, method='decode')
   return np.asarray(jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255), np.uint8)

@@ -66,8 +66,13 @@ def space_timesteps(num_timesteps: int, section_counts: SectionCounts) -> list[i
     if size < count:
       raise ValueError(f'cannot divide a section of {size} steps into {count}')
     stride = 1 if count <= 1 else (size - 1) / (count - 1)
-    # round() as ADM (Python's banker's rounding) so that the kept steps are the same.
-    kept += [start + round(j * stride) for j in range(count)]
+    # As ADM: the float stride is summed step by step and each partial sum rounded (Python's
+    # banker's rounding). j * stride rounds differently for 278 of the counts 1..999 of a
+    # 1000-step process, so it would keep other steps than DiT's sampler.
+    position = 0.0
+    for _ in range(count):
+      kept.append(start + round(position))
+      position += stride
     start += size
   return sorted(set(kept))
 

@@ -230,9 +230,10 @@ def create_transport(path: str = 'linear', prediction: str = 'velocity',
 
   Velocity models on linear and GVP paths are well defined on all of [0, 1]: both
   epsilons 0. Score and noise models convert through 1/alpha_t and 1/sigma_t: SiT trains
-  them on [1e-5, 1 - 1e-5] and samples from 1e-3.
+  them on [1e-3, 1 - 1e-3] and samples from 1e-3 (its create_transport and check_interval;
+  its 1e-5 is the VP path's, which is not here).
   """
-  default_train, default_sample = (0.0, 0.0) if prediction == 'velocity' else (1e-5, 1e-3)
+  default_train, default_sample = (0.0, 0.0) if prediction == 'velocity' else (1e-3, 1e-3)
   return Transport(path=path, prediction=prediction,
                    train_eps=default_train if train_eps is None else train_eps,
                    sample_eps=default_sample if sample_eps is None else sample_eps)

@@ -4,8 +4,10 @@
       inputs.json          what the run trains on and with (fingerprint checked on resume)
       data.npz             the training set in model space (pixels in [-1, 1], or SD-VAE
                            latent moments), with labels; built once
-      checkpoints/         orbax: every `checkpoint_every` steps, at the end and on SIGTERM
-      events.out.tfevents  CLU metrics: loss terms, steps/s, images/s
+      checkpoints/         orbax: every `checkpoint_every` steps, at the end and on SIGTERM;
+                           the latest two are kept, and those at multiples of `keep_every`
+      events.out.tfevents  CLU metrics: loss terms and gradient norm averaged over each
+                           `log_every` steps, steps/s, images/s
       grid-STEP.png        periodic EMA sample grids, a row per class
       train.json           written when the last step is done, with the sizes and checksums
                            of the final checkpoint's files
@@ -25,6 +27,7 @@ from absl import logging
 from clu import metric_writers
 from clu import periodic_actions
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -51,10 +54,13 @@ def _check_config(cfg) -> None:
   validation.require(cfg, 'config.train',
                      positive_ints=('steps', 'batch_size', 'log_every', 'checkpoint_every',
                                     'grid_per_class', 'fsdp'),
-                     non_negative_ints=('sample_every',), positive=('learning_rate',),
-                     non_negative=('weight_decay', 'grad_clip'),
+                     non_negative_ints=('sample_every', 'keep_every'),
+                     positive=('learning_rate',), non_negative=('weight_decay', 'grad_clip'),
                      fractions=('ema_decay', 'class_dropout'))
   validation.require(cfg.repa, 'config.train.repa', non_negative=('weight',))
+  if cfg.keep_every % cfg.checkpoint_every:
+    raise ValueError(f'config.train.keep_every ({cfg.keep_every}) must be a multiple of '
+                     f'config.train.checkpoint_every ({cfg.checkpoint_every})')
   generator.check_space(cfg)
   dit_lib.block_class(cfg.remat)  # an unknown policy is named before anything is built.
   if cfg.space == 'latent':
@@ -101,12 +107,14 @@ def _train(config: ml_collections.ConfigDict, workdir: str, out: str, mesh,
   if targets is not None:
     description['repa_targets'] = targets.fingerprint
   shape = generator.model_space_shape(cfg, info.image_shape)
+  # Checked now rather than at the first sample grid.
+  generator.guided_channels(cfg, cfg.sampler, shape[-1], 'config.train.sampler')
   inputs = _inputs(config, description, shape)
   expected = artifacts.fingerprint(inputs)
   done_path = os.path.join(out, 'train.json')
   record = artifacts.finished_or_start(done_path, os.path.join(out, 'inputs.json'), expected,
                                        inputs, 'training run')
-  ckpt = checkpoints.Checkpointer(os.path.join(out, 'checkpoints'))
+  ckpt = checkpoints.Checkpointer(os.path.join(out, 'checkpoints'), keep_every=cfg.keep_every)
   if record is not None:
     try:
       ckpt.verify(record['step'], record['checkpoint'])
@@ -157,6 +165,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, out: str, mesh,
   start = int(state.step)
   progress = periodic_actions.ReportProgress(num_train_steps=cfg.steps, writer=writer)
   t0, last_logged = time.time(), start
+  summed = None  # the metrics summed on the device since the last log, as DiT's running_loss.
   for step in range(start, cfg.steps):
     idx = train_state.batch_indices(batch_key, step, len(data.labels), cfg.batch_size)
     flips = jax.random.fold_in(flip_key, step) if cfg.flip else None
@@ -164,14 +173,15 @@ def _train(config: ml_collections.ConfigDict, workdir: str, out: str, mesh,
     batch = jax.tree.map(
         lambda a: jax.make_array_from_process_local_data(global_sharding, a), local)
     state, metrics = step_fn(state, batch, key)
+    summed = metrics if summed is None else jax.tree.map(jnp.add, summed, metrics)
     progress(step + 1)
     if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-      seconds = time.time() - t0
-      scalars = {k: float(v) for k, v in metrics.items()}
-      scalars['steps_per_sec'] = (step + 1 - last_logged) / seconds
+      seconds, steps = time.time() - t0, step + 1 - last_logged
+      scalars = {k: float(v) / steps for k, v in summed.items()}
+      scalars['steps_per_sec'] = steps / seconds
       scalars['images_per_sec'] = scalars['steps_per_sec'] * cfg.batch_size
       writer.write_scalars(step + 1, scalars)
-      t0, last_logged = time.time(), step + 1
+      t0, last_logged, summed = time.time(), step + 1, None
     stop = preemption.stop_agreed()
     if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps or stop:
       ckpt.save(step + 1, state)

@@ -11,13 +11,18 @@ from gadc_jax import artifacts
 
 
 class Checkpointer:
-  """Saves and restores a state pytree under `directory` (keeps the last `keep`)."""
+  """Saves and restores a state pytree under `directory`: keeps the last `keep` and, with
+  `keep_every` > 0, every checkpoint of a step that is a multiple of it."""
 
-  def __init__(self, directory: str, keep: int = 2):
+  def __init__(self, directory: str, keep: int = 2, keep_every: int = 0):
     self.directory = os.path.abspath(directory)
+    policies = ocp.checkpoint_managers
+    policy = policies.LatestN(keep)
+    if keep_every:
+      policy = policies.AnyPreservationPolicy([policy, policies.EveryNSteps(keep_every)])
     self.manager = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+        options=ocp.CheckpointManagerOptions(preservation_policy=policy, create=True))
 
   @property
   def latest_step(self) -> int | None:

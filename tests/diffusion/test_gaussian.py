@@ -125,6 +125,33 @@ def test_training_losses_freeze_the_mean_in_vb(diffusion):
   assert grad_vb[0] == 0.0 and grad_vb[1] != 0.0
 
 
+def adm_space_timesteps(num_timesteps, section_counts):
+  """guided-diffusion respace.py's space_timesteps written out (sorted, not a set)."""
+  if section_counts.startswith('ddim'):
+    desired = int(section_counts[len('ddim'):])
+    stride = next(i for i in range(1, num_timesteps)
+                  if len(range(0, num_timesteps, i)) == desired)
+    return list(range(0, num_timesteps, stride))
+  counts = [int(x) for x in section_counts.split(',')]
+  size_per, extra = num_timesteps // len(counts), num_timesteps % len(counts)
+  start_idx, all_steps = 0, []
+  for i, section_count in enumerate(counts):
+    size = size_per + (1 if i < extra else 0)
+    frac_stride = 1 if section_count <= 1 else (size - 1) / (section_count - 1)
+    cur_idx = 0.0
+    for _ in range(section_count):
+      all_steps.append(start_idx + round(cur_idx))
+      cur_idx += frac_stride
+    start_idx += size
+  return sorted(set(all_steps))
+
+
+def test_space_timesteps_equals_adm_for_every_count():
+  for counts in [str(n) for n in range(1, T)] + ['10,20,30', '7,1,250,3', '3,500',
+                                                 'ddim50', 'ddim25', 'ddim10']:
+    assert gaussian.space_timesteps(T, counts) == adm_space_timesteps(T, counts), counts
+
+
 def test_space_timesteps_as_adm():
   assert gaussian.space_timesteps(1000, 'ddim50') == list(range(0, 1000, 20))
   kept = gaussian.space_timesteps(1000, '250')

@@ -48,9 +48,13 @@ def assert_matches_toy(samples, rtol=0.06):
 
 
 def test_create_transport_uses_sit_epsilons():
+  # SiT's create_transport: velocity models train and sample on all of [0, 1]; noise and
+  # score models on the linear and GVP paths take 1e-3 for both (1e-5 is the VP path's).
   assert transport_lib.create_transport() == transport_lib.Transport('linear', 'velocity', 0, 0)
-  noise = transport_lib.create_transport('gvp', 'noise')
-  assert (noise.train_eps, noise.sample_eps) == (1e-5, 1e-3)
+  for path in transport_lib.PATHS:
+    for prediction in ('noise', 'score'):
+      tr = transport_lib.create_transport(path, prediction)
+      assert (tr.train_eps, tr.sample_eps) == (1e-3, 1e-3)
   with pytest.raises(ValueError):
     transport_lib.create_transport('vp')
   with pytest.raises(ValueError):

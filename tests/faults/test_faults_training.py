@@ -170,6 +170,11 @@ _BAD = [
     ('train', {'train.sampler.steps': 0}, r'config.train.sampler.steps must be a positive'),
     ('train', {'train.sampler.steps': 2000}, r'sampler.steps must be at most the 1000 steps'),
     ('train', {'train.sampler.cfg_scale': -1.0}, r'cfg_scale must be a finite number >= 0'),
+    ('train', {'train.keep_every': -1}, r'config.train.keep_every must be an integer >= 0'),
+    ('train', {'train.keep_every': 3}, r'keep_every \(3\) must be a multiple of '
+                                       r'config.train.checkpoint_every \(2\)'),
+    ('train', {'train.sampler.guided_channels': 2},
+     r'config.train.sampler.guided_channels is 2 but the model space has only 1 channels'),
     # Probe 7: a SiT with the default (DDPM) sampler, before any training.
     ('train', {'train.model': 'SiT-S/2'},
      r"config.train.sampler.method 'ddpm' does not fit a SiT \(SiT-S/2\); use one of ode"),

@@ -1,5 +1,6 @@
 """The train and sample jobs on digits: exact resume, SIGTERM, sharding, refusals."""
 
+import glob
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from gadc_jax import artifacts
 from gadc_jax import defaults
@@ -96,6 +98,51 @@ def test_sigterm_checkpoints_and_stops(tfds_dir, tmp_path, monkeypatch):
   assert ckpt.latest_step == 2
   assert not os.path.exists(os.path.join(layout.train_dir(str(tmp_path), config),
                                          'train.json'))
+
+
+def _logged(out, tag):
+  """{step: value} of scalar `tag` in the run's TensorBoard events."""
+  (path,) = glob.glob(os.path.join(out, 'events.out.tfevents.*'))
+  return {event.step: float(tf.make_ndarray(value.tensor))
+          for event in tf.compat.v1.train.summary_iterator(path)
+          for value in event.summary.value if value.tag == tag}
+
+
+def test_logs_interval_means_and_keeps_every_k(tfds_dir, tmp_path, monkeypatch):
+  config = tiny_config(tfds_dir, steps=7, log_every=3, checkpoint_every=1, keep_every=2,
+                       sample_every=0)
+  real = train_state.make_train_step
+  losses = []
+
+  def make(*args, **kwargs):
+    step = real(*args, **kwargs)
+
+    def recorded(*a):
+      state, metrics = step(*a)
+      losses.append(float(metrics['loss']))
+      return state, metrics
+    return recorded
+
+  monkeypatch.setattr(train_state, 'make_train_step', make)
+  train.run(config, str(tmp_path))
+  out = layout.train_dir(str(tmp_path), config)
+  # As DiT's and SiT's train.py: the mean over the steps since the last log, not the last
+  # step's loss; the last, short interval is step 7 alone.
+  logged = _logged(out, 'loss')
+  assert sorted(logged) == [3, 6, 7]
+  np.testing.assert_allclose([logged[3], logged[6], logged[7]],
+                             [np.mean(losses[0:3]), np.mean(losses[3:6]), losses[6]],
+                             rtol=1e-6)
+  # The latest two (6, 7) and the multiples of keep_every (2, 4, 6).
+  kept = sorted(int(d) for d in os.listdir(os.path.join(out, 'checkpoints')) if d.isdigit())
+  assert kept == [2, 4, 6, 7]
+
+
+def test_keep_every_is_a_multiple_of_checkpoint_every(tfds_dir, tmp_path):
+  config = tiny_config(tfds_dir, checkpoint_every=3, keep_every=4)
+  with pytest.raises(ValueError, match=r'keep_every \(4\) must be a multiple of '
+                                       r'config.train.checkpoint_every \(3\)'):
+    train.run(config, str(tmp_path))
 
 
 _ONE_STEP = textwrap.dedent('''
