@@ -80,6 +80,8 @@ def _inputs(config, description: dict, image_shape) -> dict:
   inputs.update(description, image_shape=list(image_shape))
   if cfg.space == 'latent':
     inputs['vae'] = cfg.vae.to_dict()
+  if cfg.text_embeddings:  # the file's bytes, so a table replaced at the same path is refused.
+    inputs['text_embeddings_file'] = artifacts.file_fingerprint(cfg.text_embeddings)
   return inputs
 
 
