@@ -161,6 +161,12 @@ def select() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict({
       'method': 'gadc',
       'budget': '10%',         # '10%' of the split, '1000' images, or '10/class'.
+      # How a total ('10%', '1000') is split over classes: 'balanced' (evenly) or
+      # 'proportional' (to class sizes, each class >= 1); see selection/budget.py.
+      'allocation': 'balanced',
+      # A class smaller than its quota: 'error', or 'take_all' (all its images; the total
+      # then falls short).
+      'small_classes': 'error',
       'seed': 0,
       'network': 'selection',  # feature space (and classifier) the method selects in.
       'split': 'train',

@@ -50,7 +50,7 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
   cfg = config.select
   validation.require(cfg, 'config.select',
                      positive_ints=('classes_per_batch', 'grid_classes', 'grid_per_class'))
-  budget_lib.parse(cfg.budget)
+  budget_lib.check_options(cfg)
   methods.get_method(cfg.method)
   # Every selection, whatever its method, is scored with GADC's objective.
   for name in dict.fromkeys((cfg.method, 'gadc')):
@@ -58,17 +58,10 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
   diagnostics_lib.check_config(cfg.diagnostics)
 
 
-def _validate(store: feature_store.FeatureStore, m: np.ndarray, budget: str) -> None:
-  sizes = store.class_sizes()
-  for c, (n, k) in enumerate(zip(sizes, m)):
+def _check_classes(store: feature_store.FeatureStore) -> None:
+  for c, n in enumerate(store.class_sizes()):
     if n == 0:
       raise ValueError(f'class {c} has no images in {store.path}')
-    if k < 1:
-      raise ValueError(f'select.budget {budget!r} gives class {c} no image ({len(sizes)} '
-                       'classes); raise the budget')
-    if k > n:
-      raise ValueError(
-          f'select.budget {budget!r} asks {k} images of class {c}, which has only {n}')
 
 
 def _class_problem(store, c: int, tau: float) -> problem_lib.ClassProblem:
@@ -263,8 +256,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   _check_config(config)
   cfg = config.select
   store, eval_stores = _open_stores(config, workdir)
-  m = budget_lib.per_class_budget(cfg.budget, store.class_sizes())
-  _validate(store, m, cfg.budget)
+  _check_classes(store)
+  m = budget_lib.per_class_budget(cfg.budget, store.class_sizes(), cfg.allocation,
+                                  cfg.small_classes)
   inputs = {
       'dataset': store.manifest['inputs']['dataset'][:3],
       'features': store.fingerprint,

@@ -130,6 +130,42 @@ def _copied_store(digits_workdir, tmp_path):
   return config, str(tmp_path), str(tmp_path / 'features' / 'selection-train')
 
 
+def _shrink_class_0(workdir, rows):
+  """Class 0 keeps its first `rows` images; class 1 takes the rest (in both stores)."""
+  for name in ('selection-train', 'evaluation-train'):
+    manifest_path = os.path.join(workdir, 'features', name, 'manifest.json')
+    manifest = artifacts.read_json(manifest_path)
+    manifest['offsets'][1] = manifest['offsets'][0] + rows
+    artifacts.atomic_write_json(manifest_path, manifest)
+
+
+def test_small_class_taken_whole_and_proportional_budgets(digits_workdir, tmp_path):
+  config, workdir, _ = _copied_store(digits_workdir, tmp_path)
+  _shrink_class_0(workdir, 3)
+  config.select.method = 'kcenter'
+  config.select.budget = '5/class'
+  with pytest.raises(ValueError, match=r"asks 5 images of class 0, which has only 3"):
+    select_job.run(config, workdir)
+  # take_all: class 0 gives its 3 images, the others 5 each (two batches of different m).
+  config.select.small_classes = 'take_all'
+  summary = select_job.run(config, workdir)
+  assert summary['per_class'] == [3] + [5] * 9
+  _, sel, _ = _selection(workdir, 'kcenter-5perclass-seed0')
+  np.testing.assert_array_equal(sel['offsets'], np.r_[0, np.cumsum([3] + [5] * 9)])
+  np.testing.assert_array_equal(np.sort(sel['indices'][:3]), [0, 1, 2])
+  # Proportional: 10% of the split by class sizes, class 0 at least 1.
+  config.select.allocation = 'proportional'
+  config.select.budget = '10%'
+  config.select.name = 'proportional'
+  summary = select_job.run(config, workdir)
+  store = feature_store.open_store(config, workdir, 'selection', 'train')
+  sizes = store.class_sizes()
+  expected = budget.per_class_budget('10%', sizes, 'proportional')
+  assert summary['per_class'] == expected.tolist()
+  assert expected[0] == 1 and expected[1] > expected[2]  # class 1 holds most of class 0.
+  assert summary['num_selected'] == round(0.1 * sizes.sum())
+
+
 def test_nan_features_name_class_and_row(digits_workdir, tmp_path):
   config, workdir, store_path = _copied_store(digits_workdir, tmp_path)
   feats = np.load(os.path.join(store_path, 'features.npy'))
