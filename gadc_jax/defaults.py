@@ -138,7 +138,9 @@ def method(name: str) -> ml_collections.ConfigDict:
       'herding': dict,
       'kcenter': dict,
       'ccs': lambda: dict(beta=0.1, num_strata=50),
-      'dq': lambda: dict(num_bins=10),
+      # similarity: 'gradient' (the release's cosine of last-layer gradients) or
+      # 'euclidean' (squared distances of the features, the paper's Eq. 3).
+      'dq': lambda: dict(num_bins=10, similarity='gradient'),
       'd2c': lambda: dict(interval=4, mode='nearest', target=0.40),
   }
   if name not in options:

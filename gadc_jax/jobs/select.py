@@ -67,7 +67,8 @@ def _check_classes(store: feature_store.FeatureStore) -> None:
 def _class_problem(store, c: int, tau: float) -> problem_lib.ClassProblem:
   return problem_lib.make_problem(
       store.load('features', c), store.probs(c), store.load('ce', c),
-      store.load('entropy', c), store.load('maxprob', c), tau=tau)
+      store.load('entropy', c), store.load('maxprob', c), tau=tau,
+      labels=store.load('labels', c))
 
 
 def _check_finite(stores, classes) -> None:
