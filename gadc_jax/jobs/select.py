@@ -71,13 +71,25 @@ def _class_problem(store, c: int, tau: float) -> problem_lib.ClassProblem:
       labels=store.load('labels', c))
 
 
+def _space_inputs(store, c: int) -> dict[str, np.ndarray]:
+  """What the diagnostics read of class c in an evaluation space: features [n, D] float32,
+  and CE [n] when the network has a classifier head (a DINOv2 encoder has none)."""
+  inputs = {'features': np.asarray(store.load('features', c), np.float32)}
+  if store.has_head:
+    inputs['ce'] = np.asarray(store.load('ce', c))
+  return inputs
+
+
 def _check_finite(stores, classes) -> None:
   """A ValueError naming the array, class and example id of the first NaN or Inf in what
   the method or the diagnostics read of `classes`, in every feature space, before any
-  solve: a NaN CE made GADC return duplicate picks, NaN features a linprog traceback."""
+  solve: a NaN CE made GADC return duplicate picks, NaN features a linprog traceback.
+  A store without a classifier head holds features alone."""
   for store in stores:
     for c in classes:
-      found = problem_lib.first_non_finite(_class_problem(store, c, 0.0))
+      found = problem_lib.first_non_finite(
+          _class_problem(store, c, 0.0) if store.has_head
+          else {'features': store.load('features', c)})
       if found is not None:
         name, row = found
         raise ValueError(f'non-finite {name} in {store.path}: class {c}, row {row} '
@@ -87,6 +99,9 @@ def _check_finite(stores, classes) -> None:
 def _open_stores(config, workdir: str):
   cfg = config.select
   store = feature_store.open_store(config, workdir, cfg.network, cfg.split)
+  if not store.has_head:
+    raise ValueError(f'config.select.network {cfg.network!r} has no classifier head, and '
+                     'selection needs its probabilities: select with a classifier')
   info = input_pipeline.split_info(config.data, cfg.split)
   if store.manifest['inputs']['dataset'][:3] != [info.dataset, info.version, info.split]:
     raise ValueError(
@@ -116,12 +131,13 @@ def _score_class(config, store, eval_stores, c, prob, indices, unconverged: int,
   """
   cfg = config.select
   score = objective.objective_of(prob, np.asarray(indices), cfg.gadc)
+  # J is defined in the selection space: its own POT term is reported there only.
   diag = {cfg.network: diagnostics_lib.diagnostics(prob.features, indices, prob.ce,
-                                                   cfg.diagnostics)}
+                                                   cfg.diagnostics, objective_cfg=cfg.gadc)}
   for name, other in eval_stores.items():
-    diag[name] = diagnostics_lib.diagnostics(
-        np.asarray(other.load('features', c), np.float32), indices,
-        np.asarray(other.load('ce', c)), cfg.diagnostics)
+    inputs = _space_inputs(other, c)
+    diag[name] = diagnostics_lib.diagnostics(inputs['features'], indices, inputs.get('ce'),
+                                             cfg.diagnostics)
   return {
       'class': c,
       'indices': [int(i) for i in indices],

@@ -87,12 +87,19 @@ def unstack_problem(batch: ClassProblem, i: int) -> ClassProblem:
   return ClassProblem(*[a[:n] for a in one])
 
 
-def first_non_finite(problem: ClassProblem) -> tuple[str, int] | None:
-  """(array name, row) of the first NaN or Inf among a problem's inputs (features, probs,
-  ce, entropy, maxprob, difficulty), rows in order within each array; None when all are
-  finite. Labels are integers, mask and candidate booleans: they cannot be."""
-  for name in ('features', 'probs', 'ce', 'entropy', 'maxprob', 'difficulty'):
-    values = np.asarray(getattr(problem, name))
+def first_non_finite(arrays) -> tuple[str, int] | None:
+  """(array name, row) of the first NaN or Inf among named float arrays [n, ...], rows in
+  order within each array; None when all are finite.
+
+  `arrays` is a mapping name -> array, or a ClassProblem: then its inputs features, probs,
+  ce, entropy, maxprob, difficulty (labels are integers, mask and candidate booleans: they
+  cannot be non-finite).
+  """
+  if isinstance(arrays, ClassProblem):
+    arrays = {name: getattr(arrays, name)
+              for name in ('features', 'probs', 'ce', 'entropy', 'maxprob', 'difficulty')}
+  for name, values in arrays.items():
+    values = np.asarray(values)
     bad = np.flatnonzero(~np.isfinite(values.reshape(len(values), -1)).all(axis=1))
     if bad.size:
       return name, int(bad[0])
