@@ -5,6 +5,7 @@ SD-VAE latents of the subset, sample 50,000 images and score them against ADM's 
       --workdir=gs://BUCKET/run \\
       --config.data.manual_dir=/data/imagenet \\
       --config.networks.selection.checkpoint=/weights/inception_v3_google.pth \\
+      --config.networks.evaluation.checkpoint=/weights/dinov2-base.safetensors \\
       --config.networks.inception.checkpoint=/weights/pt_inception-2015-12-05.pth \\
       --config.train.vae.checkpoint=/weights/sd-vae-ft-ema.safetensors \\
       --config.evaluate.reference=/data/VIRTUAL_imagenet256_labeled.npz
@@ -33,7 +34,9 @@ at 224 px (16 x 16), stored float16 beside the selection by the repa_targets job
 
 Weights are local files of the published checkpoints; nothing is downloaded. Selection uses
 the release's default encoder, torchvision's Inception-v3, with its preset (epsilon 12,
-w_ce 1200).
+w_ce 1200). Every selection is also judged outside its own space: its geometry diagnostics
+are computed in DINOv2-B's pooled features as well (the `evaluation` network, the weights of
+transformers' Dinov2Model facebook/dinov2-base; at 224x224, no classifier head).
 """
 
 import ml_collections
@@ -57,6 +60,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Published weights, converted on load; set the checkpoint paths on the command line.
   config.networks = ml_collections.ConfigDict({
       'selection': {'arch': 'inception_v3', 'checkpoint': '', 'input_size': 299},
+      'evaluation': {'arch': 'dinov2_b14', 'checkpoint': '', 'input_size': 224},
       'inception': {'arch': 'inception_v3_fid', 'checkpoint': '', 'input_size': 299,
                     'with_spatial': True},
       # REPA's target encoder (used when config.train.repa.features names it).
@@ -67,13 +71,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.classifier.networks = ()
 
   config.features = defaults.features()
-  config.features.networks = ('selection',)
+  config.features.networks = ('selection', 'evaluation')
   config.features.shard_size = 10_000
 
   config.select = defaults.select()
   config.select.method = 'gadc'
   config.select.budget = args.budget
-  config.select.eval_networks = ()
+  config.select.eval_networks = ('evaluation',)
   config.select.gadc = defaults.gadc('inception_v3')
 
   # TFDS labels ImageNet by WordNet id (n01440764); the text is the synset mapping's words.

@@ -140,7 +140,9 @@ def method(name: str) -> ml_collections.ConfigDict:
       'herding': dict,
       'kcenter': dict,
       'ccs': lambda: dict(beta=0.1, num_strata=50),
-      'dq': lambda: dict(num_bins=10),
+      # similarity: 'gradient' (the release's cosine of last-layer gradients) or
+      # 'euclidean' (squared distances of the features, the paper's Eq. 3).
+      'dq': lambda: dict(num_bins=10, similarity='gradient'),
       'd2c': lambda: dict(interval=4, mode='nearest', target=0.40),
   }
   if name not in options:
@@ -163,6 +165,12 @@ def select() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict({
       'method': 'gadc',
       'budget': '10%',         # '10%' of the split, '1000' images, or '10/class'.
+      # How a total ('10%', '1000') is split over classes: 'balanced' (evenly) or
+      # 'proportional' (to class sizes, each class >= 1); see selection/budget.py.
+      'allocation': 'balanced',
+      # A class smaller than its quota: 'error', or 'take_all' (all its images; the total
+      # then falls short).
+      'small_classes': 'error',
       'seed': 0,
       'network': 'selection',  # feature space (and classifier) the method selects in.
       'split': 'train',

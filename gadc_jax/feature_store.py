@@ -10,6 +10,9 @@ Written by the features job, read by the select job (and anything that needs fea
       ce.npy, entropy.npy, maxprob.npy [N] float32
       labels.npy [N] int32, positions.npy [N] int64, ids.npy [N] str
 
+A network without a classifier head (num_model_classes 0, e.g. a DINOv2 encoder: an
+evaluation space) stores no probs, ce, entropy or maxprob.
+
 Rows are sorted by class, then position in the split, so that class c is the contiguous row
 range offsets[c]:offsets[c+1] and can be memory-mapped at ImageNet scale. Opening a store
 checks the size of each file against the manifest (reading every byte for a checksum would
@@ -54,6 +57,11 @@ class FeatureStore:
   def num_classes(self) -> int:
     return len(self.offsets) - 1
 
+  @property
+  def has_head(self) -> bool:
+    """Whether the network has a classifier head, hence probs, ce, entropy and maxprob."""
+    return self.manifest['num_model_classes'] > 0
+
   def class_sizes(self) -> np.ndarray:
     return np.diff(self.offsets)
 
@@ -72,10 +80,13 @@ class FeatureStore:
     return dense
 
 
-def per_image(features: np.ndarray, logits: np.ndarray, labels: np.ndarray,
+def per_image(features: np.ndarray, logits: np.ndarray | None, labels: np.ndarray,
               topk: int) -> dict[str, np.ndarray]:
   """What the store keeps of one batch: features, probabilities (or their top k), CE,
-  entropy and max probability, from the network's features [b, D] and logits [b, K]."""
+  entropy and max probability, from the network's features [b, D] and logits [b, K]; the
+  features alone when logits is None (no classifier head)."""
+  if logits is None:
+    return {'features': features.astype(np.float32)}
   logits = logits.astype(np.float64)
   log_probs = logits - scipy.special.logsumexp(logits, axis=1, keepdims=True)
   probs = np.exp(log_probs)

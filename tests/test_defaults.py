@@ -1,10 +1,14 @@
 """The config defaults agree with the libraries that read them, and config arguments parse."""
 
+import os
+import runpy
+
 import pytest
 
 from gadc_jax import defaults
 from gadc_jax.models import vae
 from gadc_jax.selection import methods
+from tests.conftest import REPO
 
 
 def test_every_method_has_options_and_a_function():
@@ -39,3 +43,12 @@ def test_parse_args():
     defaults.parse_args('size=3', model='dit')
   with pytest.raises(ValueError, match='True or False'):
     defaults.parse_args('smoke=maybe', smoke=False)
+
+
+def test_imagenet_selections_are_judged_in_dinov2_space():
+  config = runpy.run_path(os.path.join(REPO, 'configs', 'imagenet.py'))['get_config'](None)
+  evaluation = config.networks.evaluation
+  assert (evaluation.arch, evaluation.input_size) == ('dinov2_b14', 224)
+  assert 'evaluation' in config.features.networks
+  assert config.select.eval_networks == ('evaluation',)
+  assert config.select.network == 'selection'

@@ -3,7 +3,8 @@
 For one network and one split, every image goes through the encoder and its classifier head;
 the job stores, per image, the float32 features, the class probabilities (all, or the top k),
 CE = -log p(y), the entropy and the max probability, with the example id, label and position
-in the split (`gadc_jax.feature_store` has the layout). Work is cut into shards of the split
+in the split (`gadc_jax.feature_store` has the layout); a network without a head (a DINOv2
+encoder) gives features alone. Work is cut into shards of the split
 (resumable: a finished shard is a file); hosts take disjoint shards; host 0 then consolidates
 the shards into per-field .npy arrays sorted by class, and records their sizes and checksums
 in the manifest. A finished store whose files no longer match that record is computed again;
@@ -33,12 +34,13 @@ def _shard_path(out: str, k: int) -> str:
   return os.path.join(out, 'shards', f'shard-{k:05d}.npz')
 
 
-def _compute_shard(config, forward, split, start, end) -> dict[str, np.ndarray]:
+def _compute_shard(config, forward, has_head: bool, split, start, end) -> dict[str, np.ndarray]:
   """Store fields for examples [start, end) of the split."""
   cfg = config.features
   parts = []
   for batch in input_pipeline.iterate_batches(config.data, split, cfg.batch_size, start, end):
-    features, logits = forward(batch['image'])[:2]
+    outputs = forward(batch['image'])  # (features, logits, ...); no logits without a head.
+    features, logits = outputs[0], outputs[1] if has_head else None
     out = feature_store.per_image(features, logits, batch['label'], cfg.probs_topk)
     out['labels'] = batch['label'].astype(np.int32)
     out['ids'] = np.asarray(batch['id']).astype(str)
@@ -146,7 +148,8 @@ def _compute(config: ml_collections.ConfigDict, workdir: str, network: str, spli
                                     config.features.batch_size)
     for k in tqdm.tqdm(todo, desc=f'features {network}/{split}', unit='shard'):
       start, end = k * shard_size, min((k + 1) * shard_size, num_examples)
-      shard = _compute_shard(config, forward, split, start, end)
+      shard = _compute_shard(config, forward, inputs['num_model_classes'] > 0, split, start,
+                             end)
       artifacts.atomic_write_npz(_shard_path(out, k), **shard)
       if preemption.requested():  # shards are the unit of resumption: stop between them.
         break

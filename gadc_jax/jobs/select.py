@@ -50,7 +50,7 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
   cfg = config.select
   validation.require(cfg, 'config.select',
                      positive_ints=('classes_per_batch', 'grid_classes', 'grid_per_class'))
-  budget_lib.parse(cfg.budget)
+  budget_lib.check_options(cfg)
   methods.get_method(cfg.method)
   # Every selection, whatever its method, is scored with GADC's objective.
   for name in dict.fromkeys((cfg.method, 'gadc')):
@@ -58,32 +58,38 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
   diagnostics_lib.check_config(cfg.diagnostics)
 
 
-def _validate(store: feature_store.FeatureStore, m: np.ndarray, budget: str) -> None:
-  sizes = store.class_sizes()
-  for c, (n, k) in enumerate(zip(sizes, m)):
+def _check_classes(store: feature_store.FeatureStore) -> None:
+  for c, n in enumerate(store.class_sizes()):
     if n == 0:
       raise ValueError(f'class {c} has no images in {store.path}')
-    if k < 1:
-      raise ValueError(f'select.budget {budget!r} gives class {c} no image ({len(sizes)} '
-                       'classes); raise the budget')
-    if k > n:
-      raise ValueError(
-          f'select.budget {budget!r} asks {k} images of class {c}, which has only {n}')
 
 
 def _class_problem(store, c: int, tau: float) -> problem_lib.ClassProblem:
   return problem_lib.make_problem(
       store.load('features', c), store.probs(c), store.load('ce', c),
-      store.load('entropy', c), store.load('maxprob', c), tau=tau)
+      store.load('entropy', c), store.load('maxprob', c), tau=tau,
+      labels=store.load('labels', c))
+
+
+def _space_inputs(store, c: int) -> dict[str, np.ndarray]:
+  """What the diagnostics read of class c in an evaluation space: features [n, D] float32,
+  and CE [n] when the network has a classifier head (a DINOv2 encoder has none)."""
+  inputs = {'features': np.asarray(store.load('features', c), np.float32)}
+  if store.has_head:
+    inputs['ce'] = np.asarray(store.load('ce', c))
+  return inputs
 
 
 def _check_finite(stores, classes) -> None:
   """A ValueError naming the array, class and example id of the first NaN or Inf in what
   the method or the diagnostics read of `classes`, in every feature space, before any
-  solve: a NaN CE made GADC return duplicate picks, NaN features a linprog traceback."""
+  solve: a NaN CE made GADC return duplicate picks, NaN features a linprog traceback.
+  A store without a classifier head holds features alone."""
   for store in stores:
     for c in classes:
-      found = problem_lib.first_non_finite(_class_problem(store, c, 0.0))
+      found = problem_lib.first_non_finite(
+          _class_problem(store, c, 0.0) if store.has_head
+          else {'features': store.load('features', c)})
       if found is not None:
         name, row = found
         raise ValueError(f'non-finite {name} in {store.path}: class {c}, row {row} '
@@ -93,6 +99,9 @@ def _check_finite(stores, classes) -> None:
 def _open_stores(config, workdir: str):
   cfg = config.select
   store = feature_store.open_store(config, workdir, cfg.network, cfg.split)
+  if not store.has_head:
+    raise ValueError(f'config.select.network {cfg.network!r} has no classifier head, and '
+                     'selection needs its probabilities: select with a classifier')
   info = input_pipeline.split_info(config.data, cfg.split)
   if store.manifest['inputs']['dataset'][:3] != [info.dataset, info.version, info.split]:
     raise ValueError(
@@ -122,12 +131,13 @@ def _score_class(config, store, eval_stores, c, prob, indices, unconverged: int,
   """
   cfg = config.select
   score = objective.objective_of(prob, np.asarray(indices), cfg.gadc)
+  # J is defined in the selection space: its own POT term is reported there only.
   diag = {cfg.network: diagnostics_lib.diagnostics(prob.features, indices, prob.ce,
-                                                   cfg.diagnostics)}
+                                                   cfg.diagnostics, objective_cfg=cfg.gadc)}
   for name, other in eval_stores.items():
-    diag[name] = diagnostics_lib.diagnostics(
-        np.asarray(other.load('features', c), np.float32), indices,
-        np.asarray(other.load('ce', c)), cfg.diagnostics)
+    inputs = _space_inputs(other, c)
+    diag[name] = diagnostics_lib.diagnostics(inputs['features'], indices, inputs.get('ce'),
+                                             cfg.diagnostics)
   return {
       'class': c,
       'indices': [int(i) for i in indices],
@@ -263,8 +273,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   _check_config(config)
   cfg = config.select
   store, eval_stores = _open_stores(config, workdir)
-  m = budget_lib.per_class_budget(cfg.budget, store.class_sizes())
-  _validate(store, m, cfg.budget)
+  _check_classes(store)
+  m = budget_lib.per_class_budget(cfg.budget, store.class_sizes(), cfg.allocation,
+                                  cfg.small_classes)
   inputs = {
       'dataset': store.manifest['inputs']['dataset'][:3],
       'features': store.fingerprint,

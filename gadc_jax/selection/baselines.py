@@ -246,42 +246,100 @@ def select_ccs(problems: ClassProblem, m: int, cfg, keys) -> SelectionOutput:
   return _per_class(problems, m, keys, one)
 
 
-def dq_bins(features: np.ndarray, num_bins: int) -> list[np.ndarray]:
-  """Dataset quantization's bins (Zhou et al., ICCV 2023, Eq. 2-3) for one class.
+DQ_SIMILARITIES = ('gradient', 'euclidean')
 
-  Bin b is built greedily from the images U not yet in a bin: it repeatedly adds the
-  x in U \\ S maximising the paper's gain
 
-      P(x) = sum_{p in S} ||f(p) - f(x)||^2 - sum_{p in U \\ S} ||f(p) - f(x)||^2
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+  """Rows of x scaled to unit norm; zero rows stay zero (cosine 0 with anything)."""
+  norm = np.linalg.norm(x, axis=1, keepdims=True)
+  return np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
 
-  (far from the bin so far, close to the rest). This is the marginal gain of the GraphCut
-  function f(S) = sum_{i in U, j in S} s_ij - lambda sum_{i, j in S} s_ij with lambda = 1 on
-  the similarity s_ij = c - ||f_i - f_j||^2 (c = the largest squared distance, so s >= 0 and
-  f is submodular): the shift by c changes every gain of a step by the same constant. Bins
-  have sizes as equal as possible (larger first); ties go to the lowest index. DQ's later
-  patch dropping and MAE reconstruction concern images, not the choice, and are left out.
+
+def dq_gradient_similarity(features: np.ndarray, probs: np.ndarray,
+                           labels: np.ndarray) -> np.ndarray:
+  """DQ's similarity as its release computes it: 0.5 + 0.5 * cosine of per-image gradients.
+
+  The release (magic-research/Dataset_Quantization, dq/methods/submodular.py with
+  methods_utils/cossim.py) embeds image i as the gradient of its loss with respect to the
+  classifier's last layer, [dL/db, dL/dW] = [g_i, g_i h_i^T flattened], h_i the penultimate
+  features (the input of the last layer). Its loss is CrossEntropyLoss applied to the
+  softmax of the logits, so with p_i = softmax(z_i) and q_i = softmax(p_i),
+
+      g_i = dL/dz_i = (diag(p_i) - p_i p_i^T)(q_i - onehot(y_i)),
+
+  not p_i - onehot(y_i). The cosine of two such embeddings factorises,
+
+      cos = (g_i . g_j)(1 + h_i . h_j) / (|g_i| |g_j| |(1, h_i)| |(1, h_j)|),
+
+  so the K x D gradients are never formed. A zero gradient (p_i exactly one-hot in float32)
+  has cosine 0 with everything here; the release divides 0 by 0 there.
 
   Args:
-    features: [n, D] features of the images to quantise.
+    features: [n, D] penultimate features h (as stored, not centred).
+    probs: [n, K] classifier probabilities p.
+    labels: [n] int true classes y.
+
+  Returns:
+    [n, n] float64 similarities in [0, 1].
+  """
+  p = np.asarray(probs, np.float64)
+  q = np.exp(p - p.max(axis=1, keepdims=True))
+  q /= q.sum(axis=1, keepdims=True)
+  q[np.arange(len(p)), labels] -= 1.0  # dL/dp = q - onehot(y).
+  g = p * q - p * np.sum(p * q, axis=1, keepdims=True)
+  h = np.asarray(features, np.float64)
+  h1 = np.concatenate([np.ones((len(h), 1)), h], axis=1)
+  g, h1 = _unit_rows(g), _unit_rows(h1)
+  return 0.5 + 0.5 * (g @ g.T) * (h1 @ h1.T)
+
+
+def dq_euclidean_similarity(features: np.ndarray) -> np.ndarray:
+  """c - ||f_i - f_j||^2 with c the largest squared distance: [n, n] float64, >= 0.
+
+  With it the GraphCut gain of `dq_bins` is, up to a constant per step, the DQ paper's
+  Eq. 3 on features (far from the bin S, close to the rest of U):
+
+      P(x) = sum_{p in S} ||f(p) - f(x)||^2 - sum_{p in U \\ S} ||f(p) - f(x)||^2.
+  """
+  dist = diagnostics.class_sq_dists(features)
+  return dist.max() - dist
+
+
+def dq_bins(similarity: np.ndarray, num_bins: int) -> list[np.ndarray]:
+  """Dataset quantization's bins (Zhou et al., ICCV 2023, Eq. 2-3) for one class.
+
+  Bin b is built greedily from the images U not yet in a bin, as the release's GraphCut
+  function with NaiveGreedy does it: it repeatedly adds the x in U \\ S with the largest
+  gain
+
+      sum_{p in U} s(p, x) - 2 sum_{p in S} s(p, x)
+
+  of f(S) = sum_{i in U, j in S} s_ij - lambda sum_{i, j in S} s_ij, lambda = 1 (close to
+  the rest of U, far from the bin so far). Bins have sizes as equal as possible (larger
+  first); ties go to the lowest index. DQ's later patch dropping and MAE reconstruction
+  concern images, not the choice, and are left out.
+
+  Args:
+    similarity: [n, n] symmetric similarities s of the images to quantise
+      (`dq_gradient_similarity` or `dq_euclidean_similarity`).
     num_bins: N (at most n bins are made).
 
   Returns:
-    min(N, n) disjoint index arrays into features, in pick order, covering 0..n-1.
+    min(N, n) disjoint index arrays into the rows, in pick order, covering 0..n-1.
   """
-  dist = diagnostics.class_sq_dists(features)
-  n = len(dist)
+  n = len(similarity)
   remaining = np.arange(n)
   bins = []
   for size in _even_split(n, min(num_bins, n)):
-    sub = dist[np.ix_(remaining, remaining)]
-    gain = -sub.sum(axis=1)
+    sub = similarity[np.ix_(remaining, remaining)]
+    gain = sub.sum(axis=0)
     taken = np.zeros(len(remaining), bool)
     picks = []
     for _ in range(size):
       i = int(np.argmax(np.where(taken, -np.inf, gain)))
       picks.append(i)
       taken[i] = True
-      gain += 2 * sub[i]  # x_i moves from U \ S to S in every other point's gain.
+      gain -= 2 * sub[i]
     bins.append(remaining[picks])
     remaining = remaining[~taken]
   return bins
@@ -290,12 +348,22 @@ def dq_bins(features: np.ndarray, num_bins: int) -> list[np.ndarray]:
 def select_dq(problems: ClassProblem, m: int, cfg, keys) -> SelectionOutput:
   """Dataset quantization: `dq_bins` over the candidates, then uniform picks from each bin.
 
-  Per-bin quotas are the budget split as evenly as possible, the earlier bins taking the
-  remainder; a quota never exceeds its bin because bins and quotas split the same way.
+  The similarity is cfg.similarity: 'gradient' (the release's, `dq_gradient_similarity`;
+  features must be the penultimate layer of the classifier that gave probs) or
+  'euclidean' (on the features, `dq_euclidean_similarity`). Per-bin quotas are the budget
+  split as evenly as possible, the earlier bins taking the remainder; a quota never
+  exceeds its bin because bins and quotas split the same way.
   """
+  if cfg.similarity not in DQ_SIMILARITIES:  # before any work.
+    raise ValueError(f'unknown DQ similarity {cfg.similarity!r}; known: '
+                     f'{", ".join(DQ_SIMILARITIES)}')
+
   def one(p: ClassProblem, rng: np.random.Generator) -> np.ndarray:
     cand = np.flatnonzero(p.candidate)
-    bins = dq_bins(p.features[cand], cfg.num_bins)
+    similarity = (
+        dq_gradient_similarity(p.features[cand], p.probs[cand], p.labels[cand])
+        if cfg.similarity == 'gradient' else dq_euclidean_similarity(p.features[cand]))
+    bins = dq_bins(similarity, cfg.num_bins)
     quotas = _even_split(m, len(bins))
     return cand[np.concatenate([rng.choice(bin_, q, replace=False)
                                 for bin_, q in zip(bins, quotas)])]

@@ -44,6 +44,9 @@ def check_options(name: str, cfg, where: str) -> None:
     objective.check_config(cfg, where)
     return
   validation.require(cfg, where, **_OPTION_RULES.get(name, {}))
+  if name == 'dq' and cfg.similarity not in baselines.DQ_SIMILARITIES:
+    raise ValueError(f'{where}.similarity must be one of {", ".join(baselines.DQ_SIMILARITIES)}, '
+                     f'got {cfg.similarity!r}')
   if name == 'd2c' and cfg.mode not in baselines.D2C_MODES:
     raise ValueError(f'{where}.mode must be one of {", ".join(baselines.D2C_MODES)}, got '
                      f'{cfg.mode!r}')

@@ -16,6 +16,7 @@ class ClassProblem(NamedTuple):
     entropy:    [n]    float32  entropy of p_i.
     maxprob:    [n]    float32  max_k p_i(k).
     difficulty: [n]    float32  per-image diffusion difficulty (D2C); zeros when absent.
+    labels:     [n]    int32    true class y_i among the classifier's K; zeros when absent.
     mask:       [n]    bool     real image (True) or padding.
     candidate:  [n]    bool     may be selected (real and passes the confidence filter).
   """
@@ -25,6 +26,7 @@ class ClassProblem(NamedTuple):
   entropy: np.ndarray
   maxprob: np.ndarray
   difficulty: np.ndarray
+  labels: np.ndarray
   mask: np.ndarray
   candidate: np.ndarray
 
@@ -35,7 +37,7 @@ class ClassProblem(NamedTuple):
 
 
 def make_problem(features, probs, ce, entropy, maxprob, difficulty=None,
-                 tau: float = 0.0) -> ClassProblem:
+                 tau: float = 0.0, labels=None) -> ClassProblem:
   """Builds an unpadded problem for one class; `tau` is the spec's candidate filter."""
   n = features.shape[0]
   maxprob = np.asarray(maxprob, np.float32)
@@ -50,6 +52,7 @@ def make_problem(features, probs, ce, entropy, maxprob, difficulty=None,
       maxprob=maxprob,
       difficulty=(np.zeros(n, np.float32) if difficulty is None
                   else np.asarray(difficulty, np.float32)),
+      labels=np.zeros(n, np.int32) if labels is None else np.asarray(labels, np.int32),
       mask=np.ones(n, bool),
       candidate=candidate)
 
@@ -84,12 +87,19 @@ def unstack_problem(batch: ClassProblem, i: int) -> ClassProblem:
   return ClassProblem(*[a[:n] for a in one])
 
 
-def first_non_finite(problem: ClassProblem) -> tuple[str, int] | None:
-  """(array name, row) of the first NaN or Inf among a problem's inputs (features, probs,
-  ce, entropy, maxprob, difficulty), rows in order within each array; None when all are
-  finite. Mask and candidate are booleans and cannot be."""
-  for name in ('features', 'probs', 'ce', 'entropy', 'maxprob', 'difficulty'):
-    values = np.asarray(getattr(problem, name))
+def first_non_finite(arrays) -> tuple[str, int] | None:
+  """(array name, row) of the first NaN or Inf among named float arrays [n, ...], rows in
+  order within each array; None when all are finite.
+
+  `arrays` is a mapping name -> array, or a ClassProblem: then its inputs features, probs,
+  ce, entropy, maxprob, difficulty (labels are integers, mask and candidate booleans: they
+  cannot be non-finite).
+  """
+  if isinstance(arrays, ClassProblem):
+    arrays = {name: getattr(arrays, name)
+              for name in ('features', 'probs', 'ce', 'entropy', 'maxprob', 'difficulty')}
+  for name, values in arrays.items():
+    values = np.asarray(values)
     bad = np.flatnonzero(~np.isfinite(values.reshape(len(values), -1)).all(axis=1))
     if bad.size:
       return name, int(bad[0])

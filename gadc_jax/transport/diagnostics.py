@@ -8,10 +8,17 @@ the one it was chosen in. For one class of n images and a subset S of m of them:
             LP solved by HiGHS (scipy.optimize.linprog): exact, needs only runtime
             dependencies, and fast at the sizes here (m <= 100, n <= 1300). POT's exact
             solver is a test-only dependency, and Sinkhorn would only approximate.
-  pot       one-sided partial OT cost of S onto the class (spec's POT term, converged
-            entropic; `partial_ot.solve`) with delta = pot_delta_factor * median of the
-            class's n x n cost (diagonal included, as the objective) and epsilon =
-            pot_epsilon_rel * mean of that cost (relative, so it means the same in any space).
+  pot_relative_eps
+            one-sided partial OT cost of S onto the class (spec's POT term, converged
+            entropic; `partial_ot.solve`) with kappa = pot_kappa, delta = pot_delta_factor *
+            median of the class's n x n cost (diagonal included, as the objective) and
+            epsilon = pot_epsilon_rel * mean of that cost (relative, so it means the same in
+            any space).
+  pot_objective_eps
+            the same with the GADC objective's own kappa, delta_factor and epsilon (absolute,
+            or its epsilon_rel): the POT term of J itself. Only where the objective's
+            settings are given (the select job: the selection space, where J is defined; an
+            absolute epsilon means nothing at another space's scale).
   mmd       sqrt of the biased (V-statistic) MMD^2 with the RBF kernel exp(-d^2 / h), h the
             median of the class's squared distances over distinct pairs i < j.
   mean_gap  ||mu_S - mu_c||.
@@ -127,21 +134,31 @@ def _partial_ot_value(cost, col_mask, delta, epsilon, kappa):
                           col_mask=col_mask).value
 
 
-def partial_pot(sq: np.ndarray, selected: np.ndarray, cfg) -> float:
-  """Converged one-sided partial OT cost of the subset onto its class (module docstring)."""
+def partial_pot(sq: np.ndarray, selected: np.ndarray, *, kappa: float, delta_factor: float,
+                epsilon: float | None, epsilon_rel: float | None) -> float:
+  """Converged one-sided partial OT cost of the subset onto its class (module docstring).
+
+  Args:
+    sq: [n, n] squared distances of the class.
+    selected: [m] indices of the subset.
+    kappa: column capacity factor.
+    delta_factor: delta = delta_factor * median of sq.
+    epsilon: absolute regularisation, used when epsilon_rel is None.
+    epsilon_rel: relative regularisation (times the mean of sq), or None.
+  """
   n = len(sq)
   full = jnp.asarray(sq, jnp.float32)
-  delta = partial_ot.class_delta(full, None, cfg.pot_delta_factor)
-  epsilon = partial_ot.resolve_epsilon(full, None, None, cfg.pot_epsilon_rel)
+  delta = partial_ot.class_delta(full, None, delta_factor)
+  epsilon = partial_ot.resolve_epsilon(full, None, epsilon, epsilon_rel)
   width = -(-n // _COLUMN_BUCKET) * _COLUMN_BUCKET
   cost = np.zeros((len(selected), width), np.float32)
   cost[:, :n] = sq[selected]
   return float(_partial_ot_value(cost, np.arange(width) < n, delta, epsilon,
-                                 jnp.float32(cfg.pot_kappa)))
+                                 jnp.float32(kappa)))
 
 
 def diagnostics(features: np.ndarray, selected_idx: np.ndarray, ce: np.ndarray | None,
-                cfg) -> dict[str, float]:
+                cfg, objective_cfg=None) -> dict[str, float]:
   """Every diagnostic of one class's subset (see the module docstring).
 
   Args:
@@ -149,9 +166,12 @@ def diagnostics(features: np.ndarray, selected_idx: np.ndarray, ce: np.ndarray |
     selected_idx: [m] distinct row indices of the subset.
     ce: [n] classifier CE of the class's images, or None to leave 'ce' out.
     cfg: `gadc_jax.defaults.diagnostics()`.
+    objective_cfg: the GADC objective's options (`gadc_jax.defaults.gadc()`: kappa,
+      delta_factor, epsilon, epsilon_rel), or None to leave 'pot_objective_eps' out.
 
   Returns:
-    {'w2', 'pot', 'mmd', 'mean_gap', 'var_gap', 'coverage'[, 'ce']} as Python floats.
+    {'w2', 'pot_relative_eps', 'mmd', 'mean_gap', 'var_gap', 'coverage'[,
+    'pot_objective_eps'][, 'ce']} as Python floats.
   """
   features = np.asarray(features)
   selected = np.asarray(selected_idx, np.int64)
@@ -163,12 +183,18 @@ def diagnostics(features: np.ndarray, selected_idx: np.ndarray, ce: np.ndarray |
   mean_gap, var_gap = moment_gaps(features, selected)
   out = {
       'w2': w2(sq[selected]),
-      'pot': partial_pot(sq, selected, cfg),
+      'pot_relative_eps': partial_pot(sq, selected, kappa=cfg.pot_kappa,
+                                      delta_factor=cfg.pot_delta_factor, epsilon=None,
+                                      epsilon_rel=cfg.pot_epsilon_rel),
       'mmd': mmd(sq, selected),
       'mean_gap': mean_gap,
       'var_gap': var_gap,
       'coverage': coverage(sq, selected, cfg.knn_k),
   }
+  if objective_cfg is not None:
+    out['pot_objective_eps'] = partial_pot(
+        sq, selected, kappa=objective_cfg.kappa, delta_factor=objective_cfg.delta_factor,
+        epsilon=objective_cfg.epsilon, epsilon_rel=objective_cfg.epsilon_rel)
   if ce is not None:
     out['ce'] = float(np.mean(np.asarray(ce, np.float64)[selected]))
   return out

@@ -9,6 +9,7 @@ import pytest
 
 from gadc_jax import artifacts
 from gadc_jax import feature_store
+from gadc_jax.jobs import features as features_job
 from gadc_jax.jobs import select as select_job
 from gadc_jax.selection import budget
 from tests.conftest import killed_after
@@ -61,8 +62,11 @@ def test_select_writes_a_checked_selection(digits_workdir, tmp_path, method):
                                   store.load('positions', c)[idx])
   assert set(js['diagnostics']) == {'selection', 'evaluation'}
   for space in js['diagnostics'].values():
-    assert {'w2', 'pot', 'mmd', 'coverage', 'ce'} <= set(space)
+    assert {'w2', 'pot_relative_eps', 'mmd', 'coverage', 'ce'} <= set(space)
     assert all(np.isfinite(v) for v in space.values())
+  # J's own POT term is reported in the space J is defined in.
+  assert 'pot_objective_eps' in js['diagnostics']['selection']
+  assert 'pot_objective_eps' not in js['diagnostics']['evaluation']
   assert len(js['objective']) == 10 and all(np.isfinite(js['objective']))
   assert os.path.getsize(os.path.join(out, 'grid.png')) > 100
   # Run again: finished, skipped, nothing rewritten.
@@ -118,6 +122,40 @@ def test_budget_larger_than_a_class(digits_workdir, tmp_path):
   assert not os.path.exists(os.path.join(workdir, 'selections'))
 
 
+@pytest.mark.slow
+def test_an_evaluation_space_without_a_classifier_head(digits_workdir, tmp_path):
+  """A DINOv2 encoder (random ViT-S weights saved as transformers writes them) as a further
+  evaluation space: its store holds features only, the diagnostics there have no CE."""
+  transformers = pytest.importorskip('transformers')
+  safetensors_numpy = pytest.importorskip('safetensors.numpy')
+  config, shared = digits_workdir
+  config = config.copy_and_resolve_references()
+  os.symlink(os.path.join(shared, 'classifiers'), tmp_path / 'classifiers')
+  os.makedirs(tmp_path / 'features')
+  for name in ('selection-train', 'evaluation-train'):
+    os.symlink(os.path.join(shared, 'features', name), tmp_path / 'features' / name)
+  hf_config = transformers.Dinov2Config(hidden_size=384, num_hidden_layers=12,
+                                        num_attention_heads=6, image_size=518, patch_size=14)
+  weights = {k: v.detach().numpy().copy()
+             for k, v in transformers.Dinov2Model(hf_config).state_dict().items()}
+  checkpoint = str(tmp_path / 'dinov2.safetensors')
+  safetensors_numpy.save_file(weights, checkpoint)
+  config.networks.dino = {'arch': 'dinov2_s14', 'checkpoint': checkpoint, 'input_size': 14}
+  store = features_job.compute_store(config, str(tmp_path), 'dino', 'train')
+  assert not store.has_head and not os.path.exists(os.path.join(store.path, 'ce.npy'))
+  config.select.method = 'kcenter'
+  config.select.budget = '2/class'
+  config.select.eval_networks = ('dino',)
+  js = select_job.run(config, str(tmp_path))
+  assert set(js['diagnostics']['dino']) == {'w2', 'pot_relative_eps', 'mmd', 'mean_gap',
+                                            'var_gap', 'coverage'}
+  assert all(np.isfinite(v) for v in js['diagnostics']['dino'].values())
+  config.select.network = 'dino'
+  config.select.eval_networks = ()
+  with pytest.raises(ValueError, match="config.select.network 'dino' has no classifier head"):
+    select_job.run(config, str(tmp_path))
+
+
 def _copied_store(digits_workdir, tmp_path):
   """A workdir with its own copy of the selection store, to corrupt."""
   config, workdir = digits_workdir
@@ -128,6 +166,42 @@ def _copied_store(digits_workdir, tmp_path):
   config.select.budget = '2/class'
   config.select.method = 'random'
   return config, str(tmp_path), str(tmp_path / 'features' / 'selection-train')
+
+
+def _shrink_class_0(workdir, rows):
+  """Class 0 keeps its first `rows` images; class 1 takes the rest (in both stores)."""
+  for name in ('selection-train', 'evaluation-train'):
+    manifest_path = os.path.join(workdir, 'features', name, 'manifest.json')
+    manifest = artifacts.read_json(manifest_path)
+    manifest['offsets'][1] = manifest['offsets'][0] + rows
+    artifacts.atomic_write_json(manifest_path, manifest)
+
+
+@pytest.mark.slow
+def test_small_class_taken_whole_and_proportional_budgets(digits_workdir, tmp_path):
+  config, workdir, _ = _copied_store(digits_workdir, tmp_path)
+  _shrink_class_0(workdir, 3)
+  config.select.method = 'kcenter'
+  config.select.budget = '5/class'
+  with pytest.raises(ValueError, match=r"asks 5 images of class 0, which has only 3"):
+    select_job.run(config, workdir)
+  # take_all: class 0 gives its 3 images, the others 5 each (two batches of different m).
+  config.select.small_classes = 'take_all'
+  summary = select_job.run(config, workdir)
+  assert summary['per_class'] == [3] + [5] * 9
+  _, sel, _ = _selection(workdir, 'kcenter-5perclass-seed0')
+  np.testing.assert_array_equal(sel['offsets'], np.r_[0, np.cumsum([3] + [5] * 9)])
+  np.testing.assert_array_equal(np.sort(sel['indices'][:3]), [0, 1, 2])
+  # Proportional: 2% of the split by class sizes, class 0 at least 1.
+  config.select.allocation = 'proportional'
+  config.select.budget = '2%'
+  config.select.name = 'proportional'
+  summary = select_job.run(config, workdir)
+  sizes = feature_store.open_store(config, workdir, 'selection', 'train').class_sizes()
+  expected = budget.per_class_budget('2%', sizes, 'proportional')
+  assert summary['per_class'] == expected.tolist()
+  assert expected[0] == 1 and expected[1] > expected[2]  # class 1 holds most of class 0.
+  assert summary['num_selected'] == round(0.02 * sizes.sum())
 
 
 def test_nan_features_name_class_and_row(digits_workdir, tmp_path):

@@ -5,6 +5,7 @@ import itertools
 import jax
 import numpy as np
 import pytest
+import torch
 
 from gadc_jax import defaults
 from gadc_jax.selection import baselines
@@ -202,7 +203,7 @@ def _graph_cut(sim, ground, subset):
 
 def test_dq_bins_are_greedy_graph_cut_partitions():
   x = np.random.default_rng(5).normal(size=(23, 3))
-  bins = baselines.dq_bins(x, 5)
+  bins = baselines.dq_bins(baselines.dq_euclidean_similarity(x), 5)
   assert [len(b) for b in bins] == [5, 5, 5, 4, 4]
   np.testing.assert_array_equal(np.sort(np.concatenate(bins)), np.arange(23))
   sq = ((x[:, None] - x[None]) ** 2).sum(-1)
@@ -217,10 +218,82 @@ def test_dq_bins_are_greedy_graph_cut_partitions():
     ground = np.setdiff1d(ground, bin_)
 
 
+def _release_gradients(logits, features, labels):
+  """dq/methods/submodular.py's calc_gradient, ported: autograd of CrossEntropyLoss on the
+  softmax of the logits, then [bias grads, bias grads x embedding flattened]."""
+  outputs = torch.tensor(logits, requires_grad=True)
+  loss = torch.nn.CrossEntropyLoss()(torch.softmax(outputs, dim=1),
+                                     torch.tensor(labels)).sum()
+  bias = torch.autograd.grad(loss, outputs)[0].numpy()
+  weight = bias[:, :, None] * features[:, None, :]
+  return np.concatenate([bias, weight.reshape(len(bias), -1)], axis=1)
+
+
+def _release_cossim(v1, v2):
+  """dq/methods/methods_utils/cossim.py's cossim_np, ported."""
+  res = (v1 @ v2.T) / (np.linalg.norm(v1, axis=1)[:, None] * np.linalg.norm(v2, axis=1))
+  res[np.isneginf(res)] = 0.0
+  return 0.5 + 0.5 * res
+
+
+def _release_bins(sim, sizes):
+  """quantize_sample.py's bins: per bin, GraphCut (lambda 1) maximised by NaiveGreedy over
+  the images not yet in a bin (methods_utils/submodular_function.py, _optimizer.py)."""
+  avail = np.arange(len(sim))
+  bins = []
+  for size in sizes:
+    s = sim[np.ix_(avail, avail)]
+    col_sums = s.sum(axis=0)
+    selected = np.zeros(len(avail), bool)
+    greedy_gain = np.zeros(len(avail))
+    for _ in range(size):
+      greedy_gain[~selected] = (-2.0 * s[np.ix_(selected, ~selected)].sum(axis=0)
+                                + col_sums[~selected])
+      pick = greedy_gain.argmax()
+      selected[pick] = True
+      greedy_gain[pick] = -np.inf
+    bins.append(avail[selected])
+    avail = avail[~selected]
+  return bins
+
+
+def test_dq_gradient_bins_match_the_release():
+  rng = np.random.default_rng(11)
+  n, d, k = 30, 8, 6
+  features = np.abs(rng.normal(size=(n, d)))  # post-ReLU pooled features.
+  logits = 3.0 * rng.normal(size=(n, k))
+  labels = np.full(n, 2)
+  labels[:4] = 4  # the similarity uses each image's own label.
+  probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+  probs /= probs.sum(axis=1, keepdims=True)
+  grads = _release_gradients(logits, features, labels)
+  expected = _release_cossim(grads, grads)
+  got = baselines.dq_gradient_similarity(features, probs, labels)
+  np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
+  # Not p - onehot: the release's extra softmax changes the gradients' directions.
+  naive = probs - np.eye(k)[labels]
+  naive = np.concatenate([naive, (naive[:, :, None] * features[:, None]).reshape(n, -1)], 1)
+  assert np.abs(_release_cossim(naive, naive) - expected).max() > 1e-2
+  bins = baselines.dq_bins(got, 4)
+  sizes = [len(b) for b in bins]
+  assert sizes == [8, 8, 7, 7]
+  for ours, theirs in zip(bins, _release_bins(expected, sizes)):
+    np.testing.assert_array_equal(np.sort(ours), theirs)
+
+
+def test_dq_zero_gradient_is_unrelated_to_everything():
+  features = np.ones((3, 2))
+  probs = np.array([[1.0, 0.0], [0.7, 0.3], [0.2, 0.8]])  # image 0: one-hot on its label.
+  sim = baselines.dq_gradient_similarity(features, probs, np.zeros(3, int))
+  np.testing.assert_array_equal(sim[0], 0.5)
+  assert np.all(np.isfinite(sim))
+
+
 def test_dq_samples_every_bin():
   rng = np.random.default_rng(6)
   problem = _class(rng, 23, d=3, candidate_frac=1.1)
-  bins = baselines.dq_bins(problem.features, 5)
+  bins = baselines.dq_bins(
+      baselines.dq_gradient_similarity(problem.features, problem.probs, problem.labels), 5)
   which = np.zeros(23, int)
   for b, bin_ in enumerate(bins):
     which[bin_] = b
@@ -228,6 +301,9 @@ def test_dq_samples_every_bin():
   for idx in out.indices:
     np.testing.assert_array_equal(np.bincount(which[idx], minlength=5), [3, 2, 2, 2, 2])
   assert len({tuple(sorted(idx)) for idx in out.indices}) > 1
+  euclidean = _select('dq', stack_problems([problem]), 11, _keys(1), num_bins=5,
+                      similarity='euclidean')
+  assert not np.array_equal(np.sort(euclidean.indices[0]), np.sort(out.indices[0]))
 
 
 # D2C ------------------------------------------------------------------------------------
@@ -262,3 +338,12 @@ def test_d2c_strides_over_candidates():
   small = unstack_problem(stack_problems([problem]), 0)._replace(candidate=np.arange(60) < 12)
   idx = _select('d2c', stack_problems([small]), 6, _keys(1)).indices[0]
   np.testing.assert_array_equal(np.sort(idx), np.arange(0, 12, 2))
+
+
+def test_dq_similarity_is_checked():
+  cfg = defaults.method('dq')
+  methods.check_options('dq', cfg, 'config.select.dq')
+  cfg.similarity = 'cosine'
+  with pytest.raises(ValueError, match="config.select.dq.similarity must be one of gradient, "
+                     "euclidean, got 'cosine'"):
+    methods.check_options('dq', cfg, 'config.select.dq')

@@ -7,7 +7,6 @@ from scipy.spatial import distance
 
 from gadc_jax import defaults
 from gadc_jax.transport import diagnostics
-from gadc_jax.transport import partial_ot
 
 CFG = defaults.diagnostics()
 
@@ -86,23 +85,40 @@ def test_whole_class_has_no_gaps():
   assert out['ce'] == pytest.approx(0.5)
 
 
-def test_partial_pot_matches_the_solver_on_the_unpadded_class():
+def _pot_sinkhorn(sq, selected, kappa, delta, epsilon):
+  """The spec's one-sided partial OT by POT: log-domain Sinkhorn on the dummy-row problem,
+  the transport cost of the real rows."""
+  m, n = len(selected), len(sq)
+  cost = np.vstack([sq[selected], np.full((1, n), delta)])
+  plan = ot.sinkhorn(np.r_[np.full(m, 1 / m), kappa - 1], np.full(n, kappa / n), cost,
+                     reg=epsilon, method='sinkhorn_log', stopThr=1e-12, numItermax=100000)
+  return (plan[:m] * sq[selected]).sum()
+
+
+@pytest.mark.parametrize('epsilon_rel', [None, 0.2])
+def test_both_pot_terms_against_pot(epsilon_rel):
   x = _class(7, n=45)
   selected = np.array([3, 9, 20, 31])
   sq = diagnostics.class_sq_dists(x)
-  delta = CFG.pot_delta_factor * np.sort(sq.ravel())[(sq.size - 1) // 2]
-  epsilon = CFG.pot_epsilon_rel * sq.mean()
-  expected = partial_ot.solve(sq[selected].astype(np.float32), delta=delta, epsilon=epsilon,
-                              kappa=CFG.pot_kappa)
-  assert bool(expected.converged)
-  np.testing.assert_allclose(diagnostics.partial_pot(sq, selected, CFG), expected.value,
-                             rtol=1e-4)
+  median = np.sort(sq.ravel())[(sq.size - 1) // 2]
+  objective_cfg = defaults.gadc()  # J's settings: epsilon 20 (absolute), kappa 1.05.
+  objective_cfg.epsilon_rel = epsilon_rel
+  objective_cfg.kappa, objective_cfg.delta_factor = 1.2, 0.1
+  out = diagnostics.diagnostics(x, selected, None, CFG, objective_cfg=objective_cfg)
+  relative = _pot_sinkhorn(sq, selected, CFG.pot_kappa, CFG.pot_delta_factor * median,
+                           CFG.pot_epsilon_rel * sq.mean())
+  objective_eps = 20.0 if epsilon_rel is None else epsilon_rel * sq.mean()
+  objective = _pot_sinkhorn(sq, selected, 1.2, 0.1 * median, objective_eps)
+  np.testing.assert_allclose(out['pot_relative_eps'], relative, rtol=1e-4)
+  np.testing.assert_allclose(out['pot_objective_eps'], objective, rtol=1e-4)
+  assert abs(relative - objective) > 1e-2 * relative  # the two terms are not the same.
+  assert 'pot_objective_eps' not in diagnostics.diagnostics(x, selected, None, CFG)
 
 
 def test_diagnostics_of_one_point_and_average():
   x = _class(8)
   one = diagnostics.diagnostics(x, np.array([5]), None, CFG)
-  assert set(one) == {'w2', 'pot', 'mmd', 'mean_gap', 'var_gap', 'coverage'}
+  assert set(one) == {'w2', 'pot_relative_eps', 'mmd', 'mean_gap', 'var_gap', 'coverage'}
   assert all(np.isfinite(v) for v in one.values())
   # One point at x_5 transports everything there: W2^2 = mean_j ||x_5 - x_j||^2.
   sq = diagnostics.class_sq_dists(x)
