@@ -110,7 +110,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.evaluate = defaults.evaluate()
   config.evaluate.networks = ('inception',)
   config.evaluate.reference = ''  # the ADM reference batch .npz (VIRTUAL_imagenet256).
-  config.evaluate.metrics = ('fid', 'sfid', 'is', 'precision', 'recall')
+  config.evaluate.metrics = ('fid', 'sfid', 'is', 'precision', 'recall', 'kid')
 
   if args.smoke:
     config.train.model = 'DiT-S/2' if dit else 'SiT-S/2'
