@@ -11,7 +11,7 @@ import ml_collections
 
 from gadc_jax import artifacts
 
-JOBS = ('train_classifier', 'features', 'select', 'train', 'sample', 'evaluate', 'pipeline')
+JOBS = ('train_classifier', 'features', 'difficulty', 'select', 'train', 'sample', 'evaluate', 'pipeline')
 
 
 def check_name(name: str) -> None:
