@@ -55,6 +55,7 @@ def _arrays(store):
   return {f: np.asarray(store.load(f)) for f in FIELDS}
 
 
+@pytest.mark.slow  # the d2c_run fixture: a scorer trained, a split scored.
 def test_scores_equal_the_denoising_loss_computed_directly(d2c_run):
   config, workdir = d2c_run
   store = feature_store.FeatureStore(difficulty.store_dir(config, workdir), 'difficulty')
@@ -77,6 +78,7 @@ def test_scores_equal_the_denoising_loss_computed_directly(d2c_run):
   assert np.unique(arrays['difficulty']).size == len(arrays['difficulty'])
 
 
+@pytest.mark.slow  # the d2c_run fixture: a scorer trained, a split scored.
 def test_the_pipeline_selects_by_difficulty(d2c_run):
   """D2C's Select phase on the scores: every 4th image of a class, ranked by |score - 0.40|,
   not the every-4th-by-index picks that zero scores gave."""
@@ -92,6 +94,7 @@ def test_the_pipeline_selects_by_difficulty(d2c_run):
   assert not np.array_equal(indices, np.tile(np.arange(0, 20, 4), 10))
 
 
+@pytest.mark.slow  # the d2c_run fixture: a scorer trained, a split scored.
 def test_killed_between_shards_then_resumed_equals_uninterrupted(d2c_run, digits_workdir,
                                                                   tmp_path, monkeypatch):
   config, workdir = d2c_run
@@ -117,6 +120,7 @@ def test_killed_between_shards_then_resumed_equals_uninterrupted(d2c_run, digits
   assert os.path.getmtime(os.path.join(out, 'manifest.json')) == before
 
 
+@pytest.mark.slow  # the d2c_run fixture: a scorer trained, a split scored.
 def test_scores_of_other_settings_are_refused(d2c_run):
   config, workdir = d2c_run
   config = config.copy_and_resolve_references()
