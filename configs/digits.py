@@ -6,7 +6,9 @@
 Stages: two classifiers (selection network, evaluation network), features of the train split
 in both spaces, a GADC selection of 10% of the train split scored in both spaces, a small DiT
 trained on the selection in pixel space, class-balanced samples with classifier-free guidance,
-and their FID / IS / precision / recall in the evaluation network's space.
+and their FID / IS / precision / recall in the evaluation network's space. The difficulty
+stage runs only for a method that reads it (`--config.select.method=d2c`): it trains the
+same DiT on the whole train split for 400 steps, then scores every image with it.
 
 Arguments (`:name=value,...`): smoke=True runs every stage with tiny step and sample counts
 (seconds of work; its numbers mean nothing).
@@ -21,7 +23,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = defaults.parse_args(arg, smoke=False)
   config = ml_collections.ConfigDict()
   config.job = 'pipeline'
-  config.stages = ('train_classifier', 'features', 'select', 'train', 'sample', 'evaluate')
+  config.stages = ('train_classifier', 'features', 'difficulty', 'select', 'train', 'sample',
+                   'evaluate')
 
   config.data = defaults.data()
 
@@ -78,4 +81,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.sample.num_samples = 40
     config.sample.batch_size = 20
     config.sample.sampler.steps = 4
+
+  # D2C's scorer: the DiT above, trained on the whole train split (1,437 images) for a short
+  # run; the difficulty stage scores every image by its denoising loss.
+  config.difficulty = defaults.difficulty()
+  config.difficulty.scorer = config.train.copy_and_resolve_references()
+  config.difficulty.scorer.selection = ''
+  config.difficulty.scorer.steps = 4 if args.smoke else 400
+  config.difficulty.scorer.checkpoint_every = 2 if args.smoke else 200
   return config

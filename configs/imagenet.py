@@ -37,6 +37,8 @@ the release's default encoder, torchvision's Inception-v3, with its preset (epsi
 w_ce 1200). Every selection is also judged outside its own space: its geometry diagnostics
 are computed in DINOv2-B's pooled features as well (the `evaluation` network, the weights of
 transformers' Dinov2Model facebook/dinov2-base; at 224x224, no classifier head).
+With `--config.select.method=d2c` the difficulty stage first trains D2C's scorer
+(a DiT on the whole split's latents) and scores every image with it.
 """
 
 import ml_collections
@@ -51,7 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   dit = args.model == 'dit'
   config = ml_collections.ConfigDict()
   config.job = 'pipeline'
-  config.stages = ('features', 'select', 'train', 'sample', 'evaluate')
+  config.stages = ('features', 'difficulty', 'select', 'train', 'sample', 'evaluate')
 
   config.data = defaults.data()
   config.data.name = 'imagenet2012'
@@ -125,4 +127,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.sample.num_samples = 16
     config.sample.batch_size = 8
     config.sample.sampler.steps = 4
+
+  # D2C's scorer (its stage runs for select.method=d2c only): the DiT of the train section
+  # (a DiT-L/2 also for model=sit: the score is an epsilon loss), on the whole split.
+  config.difficulty = defaults.difficulty()
+  config.difficulty.shard_size = 10_000
+  config.difficulty.scorer = config.train.copy_and_resolve_references()
+  config.difficulty.scorer.selection = ''
+  config.difficulty.scorer.model = config.train.model.replace('SiT', 'DiT')
+  config.difficulty.scorer.sampler.method = 'ddpm'
   return config

@@ -6,6 +6,7 @@ function returns a fresh ConfigDict for one section of the experiment config:
     config.data             data()             the dataset and its preprocessing
     config.classifier       classifier()       the train_classifier job
     config.features         features()         the features job
+    config.difficulty       difficulty()       the difficulty job (D2C's scores; its scorer run)
     config.select           select()           the select job, every method's options by name
     config.text_embeddings  text_embeddings()  class names through a T5 encoder (D2C Attach a)
     config.repa_targets     repa_targets()     REPA's patch tokens of the training images
@@ -276,6 +277,26 @@ def train() -> ml_collections.ConfigDict:
       # config.networks named `features` ('' = no REPA; e.g. DINOv2-B patch tokens), which
       # the repa_targets job stores, by negative cosine similarity with this weight.
       'repa': ml_collections.ConfigDict({'features': '', 'weight': 0.5}),
+  })
+
+
+def difficulty() -> ml_collections.ConfigDict:
+  """config.difficulty: D2C's per-image diffusion difficulty (gadc_jax.difficulty), read by
+  select.method d2c. D2C's paper does not pin the timesteps or the draws: these are ours."""
+  scorer = train()
+  scorer.selection = ''        # the whole split, as D2C's scorer sees it.
+  return ml_collections.ConfigDict({
+      'split': 'train',
+      # Timesteps of the 1000-step process, spread over it; each image's loss is averaged
+      # over all of them and num_noise fixed noise draws (seeded by position in the split).
+      'timesteps': (100, 300, 500, 700, 900),
+      'num_noise': 2,
+      'seed': 0,
+      'batch_size': 256,
+      'shard_size': 512,
+      # The scorer: a config.train section (a DiT) whose train run scores the images; the
+      # pipeline trains it (the train job on config.train = this) before the difficulty stage.
+      'scorer': scorer,
   })
 
 

@@ -2,6 +2,7 @@
 
     WORKDIR/classifiers/NETWORK/            train_classifier
     WORKDIR/features/NETWORK-SPLIT/         features
+    WORKDIR/difficulty/RUN-SPLIT/           difficulty (D2C's scores by the train run RUN)
     WORKDIR/selections/SELECTION/           select
     WORKDIR/selections/SELECTION/repa-NET/  repa_targets (REPA targets of a selection)
     WORKDIR/repa/NET-SPLIT/                 repa_targets (of a whole split)
@@ -24,6 +25,10 @@ def classifier_dir(workdir: str, network: str) -> str:
 
 def features_dir(workdir: str, network: str, split: str) -> str:
   return os.path.join(workdir, 'features', f'{network}-{split}')
+
+
+def difficulty_dir(workdir: str, run: str, split: str) -> str:
+  return os.path.join(workdir, 'difficulty', f'{run}-{split}')
 
 
 def selection_name(select_cfg) -> str:

@@ -11,8 +11,8 @@ import ml_collections
 
 from gadc_jax import artifacts
 
-JOBS = ('train_classifier', 'features', 'select', 'text_embeddings', 'repa_targets', 'train',
-        'sample', 'evaluate', 'pipeline')
+JOBS = ('train_classifier', 'features', 'difficulty', 'select', 'text_embeddings', 'repa_targets',
+        'train', 'sample', 'evaluate', 'pipeline')
 
 
 def check_name(name: str) -> None:

@@ -1,17 +1,36 @@
 """The pipeline job: runs the jobs of `config.stages` in order, then prints a summary.
 
+The difficulty stage is D2C's: it runs only when config.select.method reads difficulty
+scores, and then as two jobs: the train job on the whole split with config.train =
+config.difficulty.scorer (the scorer), then the difficulty job. Other methods skip it, so a
+run of them pays nothing for it.
+
 A stage stopped by SIGTERM stops the pipeline there (Preempted: exit 143); the same command
 run again skips the finished stages and resumes the stopped one.
 """
 
 import os
 
+from absl import logging
 import ml_collections
 
 from gadc_jax import artifacts
+from gadc_jax import difficulty
 from gadc_jax import jobs
 from gadc_jax import layout
 from gadc_jax import preemption
+
+
+def _stage_jobs(config: ml_collections.ConfigDict, stage: str):
+  """The (job, config) runs of one stage."""
+  if stage != 'difficulty':
+    return [(stage, config)]
+  if config.select.method not in difficulty.METHODS:
+    logging.info('pipeline: skipping the difficulty stage (select.method %s reads no '
+                 'difficulty scores)', config.select.method)
+    return []
+  difficulty.check_config(config)  # before the scorer's training, not after it.
+  return [('train', difficulty.scorer_config(config)), ('difficulty', config)]
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -20,7 +39,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     if stage not in stages:
       raise ValueError(f'unknown stage {stage!r} in config.stages; known: {", ".join(stages)}')
   for stage in config.stages:
-    jobs.run(stage, config, workdir)
+    for job, job_config in _stage_jobs(config, stage):
+      jobs.run(job, job_config, workdir)
     preemption.raise_if_agreed(f'after the {stage} stage of the pipeline')
   print(summary(config, workdir))
 
@@ -41,6 +61,10 @@ def summary(config: ml_collections.ConfigDict, workdir: str) -> str:
         man = artifacts.read_json(path)
         lines.append(f'features   {name}-{split}: {man["num_examples"]} images, '
                      f'{man["feature_dim"]}-d  {os.path.dirname(path)}')
+  path = os.path.join(difficulty.store_dir(config, workdir), 'manifest.json')
+  if os.path.exists(path):
+    lines.append(f'difficulty {artifacts.read_json(path)["num_examples"]} images  '
+                 f'{os.path.dirname(path)}')
   sel_root = os.path.join(workdir, 'selections')
   for name in sorted(os.listdir(sel_root)) if os.path.isdir(sel_root) else []:
     path = os.path.join(sel_root, name, 'selection.json')

@@ -1,8 +1,9 @@
 """The select job: a per-class subset of a split, by any selection method, with diagnostics.
 
 Reads the FeatureStore of `select.network` (and of every `select.eval_networks`, to judge the
-selection in spaces it did not optimise), splits the budget over the classes, runs the method
-on batches of classes, and writes to WORKDIR/selections/NAME/:
+selection in spaces it did not optimise; for d2c also the difficulty job's scores), splits
+the budget over the classes, runs the method on batches of classes, and writes to
+WORKDIR/selections/NAME/:
 
     classes/class-00007.json   one finished class (resume skips these)
     selection.npz              per-class offsets, within-class indices, split positions, ids
@@ -29,6 +30,7 @@ import numpy as np
 import tqdm
 
 from gadc_jax import artifacts
+from gadc_jax import difficulty
 from gadc_jax import feature_store
 from gadc_jax import layout
 from gadc_jax import preemption
@@ -64,10 +66,12 @@ def _check_classes(store: feature_store.FeatureStore) -> None:
       raise ValueError(f'class {c} has no images in {store.path}')
 
 
-def _class_problem(store, c: int, tau: float) -> problem_lib.ClassProblem:
+def _class_problem(store, c: int, tau: float, scores=None) -> problem_lib.ClassProblem:
+  """Class c of `store`, with its difficulty from the store `scores` (rows aligned) if any."""
   return problem_lib.make_problem(
       store.load('features', c), store.probs(c), store.load('ce', c),
-      store.load('entropy', c), store.load('maxprob', c), tau=tau,
+      store.load('entropy', c), store.load('maxprob', c),
+      None if scores is None else scores.load('difficulty', c), tau=tau,
       labels=store.load('labels', c))
 
 
@@ -114,7 +118,10 @@ def _open_stores(config, workdir: str):
             and np.array_equal(other.load('positions'), store.load('positions'))):
       raise ValueError(f'{other.path} and {store.path} do not hold the same images')
     eval_stores[name] = other
-  return store, eval_stores
+  scores = None
+  if cfg.method in difficulty.METHODS:
+    scores = difficulty.open_scores(config, workdir, store)
+  return store, eval_stores, scores
 
 
 def _class_path(out: str, c: int) -> str:
@@ -149,8 +156,9 @@ def _score_class(config, store, eval_stores, c, prob, indices, unconverged: int,
   }
 
 
-def _select_classes(config, store, eval_stores, out, classes, m) -> None:
-  """Runs the method on `classes` (all with budget m), writing one file per class."""
+def _select_classes(config, store, eval_stores, scores, out, classes, m) -> None:
+  """Runs the method on `classes` (all with budget m), writing one file per class; `scores`
+  is the difficulty store when the method reads one."""
   cfg = config.select
   select_fn = methods.get_method(cfg.method)
   seed_key = jax.random.PRNGKey(cfg.seed)
@@ -159,7 +167,7 @@ def _select_classes(config, store, eval_stores, out, classes, m) -> None:
     batch = classes[i:i + cfg.classes_per_batch]
     # The spec's candidate filter belongs to GADC (select.gadc.tau); baselines see every image.
     tau = cfg.gadc.tau if cfg.method == 'gadc' else 0.0
-    probs = [problem_lib.with_min_candidates(_class_problem(store, c, tau), m)
+    probs = [problem_lib.with_min_candidates(_class_problem(store, c, tau, scores), m)
              for c in batch]
     # Before the solve: a cost scale far from the preset's changes the selection and its speed.
     ratios = {c: objective.cost_over_epsilon(p.features, cfg.gadc)
@@ -272,7 +280,7 @@ def _whole(config, store, out: str, m: np.ndarray, summary: dict) -> dict:
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   _check_config(config)
   cfg = config.select
-  store, eval_stores = _open_stores(config, workdir)
+  store, eval_stores, scores = _open_stores(config, workdir)
   _check_classes(store)
   m = budget_lib.per_class_budget(cfg.budget, store.class_sizes(), cfg.allocation,
                                   cfg.small_classes)
@@ -287,6 +295,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       'per_class': m.tolist(),
       'seed': cfg.seed,
   }
+  if scores is not None:
+    inputs['difficulty'] = scores.fingerprint
   expected = artifacts.fingerprint(inputs)
   out = layout.selection_dir(workdir, layout.selection_name(cfg))
   final = os.path.join(out, 'selection.json')
@@ -305,7 +315,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                store.num_classes, len(todo), int(m.sum()))
   for size in sorted(set(m[todo].tolist())):
     if not preemption.requested():
-      _select_classes(config, store, eval_stores, out, [c for c in todo if m[c] == size], size)
+      _select_classes(config, store, eval_stores, scores, out,
+                      [c for c in todo if m[c] == size], size)
   preemption.raise_if_agreed(f'in the select job, {out}')
   multihost_utils.sync_global_devices(f'select {out} classes')
   summary = None
