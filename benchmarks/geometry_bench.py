@@ -2,7 +2,7 @@
 
     python benchmarks/geometry_bench.py [--dims 64,2048] [--budgets 10,30] [--classes 2]
         [--modes 4] [--pool 300] [--outlier_fraction 0.05] [--outlier_scale 3]
-        [--reference 1000] [--methods gadc,random,herding,kcenter,ccs,dq,d2c] [--seed 0]
+        [--reference 500] [--methods gadc,random,herding,kcenter,ccs,dq,d2c] [--seed 0]
         [--out geometry_bench.png]
 
 Each class is a mixture of --modes isotropic unit Gaussians with unequal weights (2^-k,
@@ -151,7 +151,7 @@ def main():
   parser.add_argument('--pool', type=int, default=300, help='points per class to select from')
   parser.add_argument('--outlier_fraction', type=float, default=0.05)
   parser.add_argument('--outlier_scale', type=float, default=3.0)
-  parser.add_argument('--reference', type=int, default=1000,
+  parser.add_argument('--reference', type=int, default=500,
                       help='fresh points of each true class distribution to measure against')
   parser.add_argument('--methods', default=','.join(defaults.METHODS))
   parser.add_argument('--seed', type=int, default=0)
