@@ -107,7 +107,10 @@ def _mmd(subset, ref):
 
 
 def w2(subset, ref: Reference) -> float:
-  """Exact W2 between the uniform measures on subset [m, D] and on the reference points."""
+  """Exact W2 between the uniform measures on subset [m, D] and on the reference points.
+
+  The LP has m x N variables: it takes seconds at m 50, N 1,000 on a CPU.
+  """
   r = np.asarray(ref.points, np.float64)
   shift = r.mean(axis=0)
   s = np.asarray(subset, np.float64) - shift
@@ -134,7 +137,7 @@ def subset_geometry(subset, modes, mixture: GaussianMixture, ref: Reference) -> 
   """Every measure of the module docstring for one subset, as Python numbers.
 
   Args:
-    subset: [m] points [m, D].
+    subset: [m, D] the selected points.
     modes: [m] their mode labels (OUTLIER for an outlier).
     mixture: the true distribution; ref: a fresh sample of it.
 
