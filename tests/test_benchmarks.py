@@ -16,6 +16,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from typing import Callable, NamedTuple, Sequence
 
 import pytest
@@ -60,6 +61,33 @@ def _check_train(record: dict) -> None:
     assert record['torch_steps_per_s'] is None and record['ratio'] is None
 
 
+_GEOMETRY_PLOT = os.path.join(tempfile.gettempdir(), 'geometry_bench_test.png')
+# Four well-separated outliers per class: k-center's first pick is the inlier nearest the
+# class mean, every later one an outlier (two of them are farther apart than any inlier
+# is from either), so with m = 4 it picks exactly 3; m fresh points of the mixture, none.
+_GEOMETRY_ARGS = ['--dims', '16', '--budgets', '4', '--classes', '2', '--modes', '3',
+                  '--pool', '40', '--reference', '40', '--outlier_fraction', '0.1',
+                  '--out', _GEOMETRY_PLOT]
+_GEOMETRY_KEYS = frozenset({'benchmark', 'device', 'dims', 'budgets', 'outliers_per_class',
+                            'stand_ins', 'plot', 'results'})
+
+
+def _check_geometry(methods: Sequence[str]) -> Callable[[dict], None]:
+  def check(record: dict) -> None:
+    rows = {r['method']: r for r in record['results']}
+    assert sorted(rows) == sorted(['true-sample', *methods])
+    assert record['outliers_per_class'] == 4
+    for r in rows.values():
+      assert 0 <= r['modes_hit'] <= 1 and 0 <= r['weight_hit'] <= 1, r
+      assert r['modes_hit'] == 0 or r['weight_hit'] > 0, r
+      assert 0 <= r['outliers'] <= 4 and r['w2'] > 0 and r['mmd'] >= 0, r
+    assert rows['true-sample']['outliers'] == 0
+    assert rows['kcenter']['outliers'] == 3
+    with open(record['plot'], 'rb') as f:
+      assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+  return check
+
+
 def _check_mfu(record: dict) -> None:
   assert record['model'] == 'DiT-S/2' and record['forward_gflops'] > 0 and record['mfu'] > 0
 
@@ -79,6 +107,14 @@ RUNS = {
         ['--fid_n=64', '--pr_n=32', '--dim=16'],
         frozenset({'device', 'cpu_count', 'dim', 'fid_n', 'fid_seconds', 'fid', 'pr_n',
                    'pr_seconds', 'precision', 'recall'}), check=_check_fid)],
+    'geometry_bench.py': [
+        Run([*_GEOMETRY_ARGS, '--methods', 'random,herding,kcenter,ccs,dq,d2c'],
+            _GEOMETRY_KEYS, check=_check_geometry(['random', 'herding', 'kcenter', 'ccs',
+                                                   'dq', 'd2c'])),
+        # GADC's compilation alone is most of a minute on the 2-core CPU.
+        Run([*_GEOMETRY_ARGS, '--methods', 'gadc,kcenter'], _GEOMETRY_KEYS, slow=True,
+            check=_check_geometry(['gadc', 'kcenter'])),
+    ],
     'select_bench.py': [Run(
         ['--repeats', '1', '--budgets', '10', '--batch', '1', '--no-exhaustive'],
         frozenset({'greedy_s', 'refine_s', 'total_s', 'compile_s', 'objective',
