@@ -160,7 +160,10 @@ def _select_classes(config, store, eval_stores, scores, out, classes, m) -> None
   """Runs the method on `classes` (all with budget m), writing one file per class; `scores`
   is the difficulty store when the method reads one."""
   cfg = config.select
-  select_fn = methods.get_method(cfg.method)
+  # This host's devices share each batch of classes (hosts already take disjoint classes).
+  devices = jax.local_devices()
+  mesh = jax.sharding.Mesh(np.asarray(devices), ('classes',)) if len(devices) > 1 else None
+  logging.info('select %s: m=%d, classes split over %d local devices', out, m, len(devices))
   seed_key = jax.random.PRNGKey(cfg.seed)
   bar = tqdm.tqdm(total=len(classes), desc=f'select {cfg.method} m={m}', unit='class')
   for i in range(0, len(classes), cfg.classes_per_batch):
@@ -176,7 +179,8 @@ def _select_classes(config, store, eval_stores, scores, out, classes, m) -> None
     if warning:
       logging.warning('select %s: %s', out, warning)
     keys = jax.vmap(lambda c: jax.random.fold_in(seed_key, c))(np.asarray(batch))
-    result = select_fn(problem_lib.stack_problems(probs), m, cfg[cfg.method], keys)
+    result = methods.select(cfg.method, problem_lib.stack_problems(probs), m, cfg[cfg.method],
+                            keys, mesh)
     for c, prob, idx, unconverged in zip(batch, probs, np.asarray(result.indices),
                                          np.asarray(result.unconverged)):
       artifacts.atomic_write_json(

@@ -2,9 +2,12 @@
 
 Every method has the interface `select(problems, m, cfg, keys) -> SelectionOutput` (see
 gadc_jax/selection/baselines.py); its options `cfg` are `gadc_jax.defaults.method(name)`.
+`select` runs one by name; GADC also splits the batch of classes over a device mesh.
 """
 
-from typing import Callable
+from typing import Callable, Optional
+
+from jax.sharding import Mesh
 
 from gadc_jax import validation
 from gadc_jax.selection import baselines
@@ -34,6 +37,15 @@ def get_method(name: str) -> Callable:
   if name not in _METHODS:
     raise ValueError(f'unknown selection method {name!r}; known: {", ".join(_METHODS)}')
   return _METHODS[name]
+
+
+def select(name: str, problems, m: int, cfg, keys, mesh: Optional[Mesh] = None):
+  """Method `name` on a padded batch of classes. GADC splits the batch over `mesh` (a
+  "classes" axis); the baselines, cheap beside it, run where jit puts them."""
+  select_fn = get_method(name)
+  if name == 'gadc':
+    return select_fn(problems, m, cfg, keys, mesh=mesh)
+  return select_fn(problems, m, cfg, keys)
 
 
 def check_options(name: str, cfg, where: str) -> None:

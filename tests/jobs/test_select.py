@@ -1,8 +1,11 @@
 """The select job on the digits stores: outputs, resume, refusals, clear errors."""
 
 import os
+import pickle
 import re
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,6 +15,7 @@ from gadc_jax import feature_store
 from gadc_jax.jobs import features as features_job
 from gadc_jax.jobs import select as select_job
 from gadc_jax.selection import budget
+from tests.conftest import REPO
 from tests.conftest import killed_after
 
 
@@ -89,6 +93,43 @@ def test_gadc_beats_random_on_its_objective(digits_workdir, tmp_path):
     results[method] = select_job.run(config, workdir)
   assert np.all(np.array(results['gadc']['objective'])
                 < np.array(results['random']['objective']))
+
+
+_SELECT_IN_CHILD = """
+import pickle, sys
+sys.path.insert(0, {repo!r})
+from absl import logging
+from gadc_jax.jobs import select
+logging.set_verbosity(logging.INFO)
+with open({config!r}, 'rb') as f:
+  select.run(pickle.load(f), {workdir!r})
+"""
+
+
+def test_gadc_splits_classes_over_local_devices(digits_workdir, tmp_path):
+  """On a host with 2 devices GADC shards each batch of classes over both (3 classes a batch,
+  so one is padding) and selects exactly what one device selects."""
+  for sub in ('one', 'two'):
+    (tmp_path / sub).mkdir()
+  config, one_device = _workdir_with_links(digits_workdir, tmp_path / 'one')
+  config.select.budget = '5/class'
+  config.select.classes_per_batch = 3
+  select_job.run(config, one_device)
+  _, two_devices = _workdir_with_links(digits_workdir, tmp_path / 'two')
+  with open(tmp_path / 'config.pkl', 'wb') as f:
+    pickle.dump(config, f)
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
+             JAX_PLATFORMS='cpu')
+  code = _SELECT_IN_CHILD.format(repo=REPO, config=str(tmp_path / 'config.pkl'),
+                                 workdir=two_devices)
+  child = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
+                         timeout=900)
+  assert child.returncode == 0, child.stderr[-3000:]
+  assert 'classes split over 2 local devices' in child.stderr
+  _, want, _ = _selection(one_device, 'gadc-5perclass-seed0')
+  _, got, _ = _selection(two_devices, 'gadc-5perclass-seed0')
+  for k in ('indices', 'ids', 'offsets'):
+    np.testing.assert_array_equal(got[k], want[k], err_msg=k)
 
 
 def test_killed_then_resumed_equals_uninterrupted(digits_workdir, tmp_path, monkeypatch):
