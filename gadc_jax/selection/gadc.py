@@ -47,8 +47,9 @@ from gadc_jax.selection import objective as obj
 from gadc_jax.selection.output import SelectionOutput
 from gadc_jax.selection.problem import ClassProblem
 
-# Candidates scored at once in exhaustive mode (memory: this many (m+1) x n solves).
-_EXHAUSTIVE_BATCH = 64
+# Subsets solved at once where every candidate or swap is (memory: this many (m+1) x n
+# solves).
+_SOLVE_BATCH = 64
 # float32 ulps of |J| below which two values of J are not told apart (`improvement_tolerance`).
 _ULPS = 8
 
@@ -94,7 +95,7 @@ def _take(tree, j):
 
 
 def _score_all(fn, xs: jax.Array) -> jax.Array:
-  return jax.lax.map(fn, xs, batch_size=_EXHAUSTIVE_BATCH)
+  return jax.lax.map(fn, xs, batch_size=_SOLVE_BATCH)
 
 
 def _first_pick(stats: obj.ClassStats, m: int, params: obj.GadcParams) -> _State:
@@ -264,8 +265,9 @@ def _fast_round(stats, state: _State, params):
 def _every_swap(stats, state: _State, params, init=None):
   """Best swap over every (slot i, candidate c), each solved exactly: (its J, its state).
 
-  Solves start cold, or warm from init(p) (p = i * n + c); either way each runs to the
-  solver's threshold, so the J of a swap does not depend on the start beyond its accuracy.
+  Solves start cold (exhaustive mode's round), or warm from init(p) (p = i * n + c); either
+  way each runs to the solver's threshold, so the J of a swap does not depend on the start
+  beyond its accuracy.
   """
   m = state.idx.shape[0]
   n = stats.mask.shape[0]
@@ -279,11 +281,6 @@ def _every_swap(stats, state: _State, params, init=None):
   p = jnp.argmin(scores)
   return scores[p], _state(stats, _swapped(state.idx, n, p), state.row_mask, params,
                            state.unconverged + _capped(converged, valid), start(p))
-
-
-def _exhaustive_round(stats, state: _State, params):
-  """The spec's round: every swap solved cold."""
-  return _every_swap(stats, state, params)
 
 
 def _confirming_round(stats, state: _State, params):
@@ -358,7 +355,7 @@ def select_one(problem: ClassProblem, m: int, params: obj.GadcParams):
     state = first._replace(unconverged=jnp.int32(0))
     state, _ = jax.lax.scan(lambda s, k: (add(stats, s, k, start_own_ce, params), None),
                             state, jnp.arange(1, m))
-    search = _fast_round if fast else _exhaustive_round
+    search = _fast_round if fast else _every_swap  # exhaustive: the spec's cold round
     rounds, state, _ = _swap_rounds(stats, search, params,
                                     (jnp.int32(0), state, jnp.asarray(True)))
     return rounds, state
