@@ -123,7 +123,6 @@ def gadc(encoder: str | None = None) -> ml_collections.ConfigDict:
       'mode': 'fast',          # 'fast' (screened, warm-started) or 'exhaustive' (spec).
       'sinkhorn_threshold': SINKHORN_THRESHOLD,
       'sinkhorn_max_iterations': SINKHORN_MAX_ITERATIONS,
-      'min_improvement': 1e-8,  # a swap must lower J by more than this.
       'shortlist': 32,         # fast mode: exact solves per greedy step / refinement round.
   })
   if encoder is not None:

@@ -19,9 +19,14 @@ Two modes (config `mode`):
   candidate by its own CE rather than the subset mean), refines both and keeps the lower
   J: one-swap refinement stops in a local optimum, and on the reference class the
   release's start leads to a better one (478.42 against 479.51 from the spec's start).
+  The screen can miss an improving swap, so the kept subset then goes through rounds that
+  solve every swap (warm-started) until none improves: the result is a true 1-swap local
+  optimum, as in exhaustive mode (see `select_one`).
 
 Ties break to the lowest index: the lowest candidate in a greedy step, the lowest
 (slot of i in S, c) pair in a round. Padding rows are never candidates and carry no mass.
+A swap is taken only if it lowers J by more than the solver can resolve
+(`improvement_tolerance`), in both modes.
 
 Every exact solve runs to sinkhorn_threshold or stops at sinkhorn_max_iterations. The
 search counts the solves that stopped at the cap among those whose result it uses (valid
@@ -42,8 +47,11 @@ from gadc_jax.selection import objective as obj
 from gadc_jax.selection.output import SelectionOutput
 from gadc_jax.selection.problem import ClassProblem
 
-# Candidates scored at once in exhaustive mode (memory: this many (m+1) x n solves).
-_EXHAUSTIVE_BATCH = 64
+# Subsets solved at once where every candidate or swap is (memory: this many (m+1) x n
+# solves).
+_SOLVE_BATCH = 64
+# float32 ulps of |J| below which two values of J are not told apart (`improvement_tolerance`).
+_ULPS = 8
 
 
 class _State(NamedTuple):
@@ -68,16 +76,17 @@ def _capped(converged: jax.Array, used: jax.Array) -> jax.Array:
   return jnp.sum(used & ~converged, dtype=jnp.int32)
 
 
-def _state(stats, idx, row_mask, params, unconverged) -> _State:
-  """The subset's state from a cold exact solve, added to the `unconverged` [] count."""
+def _state(stats, idx, row_mask, params, unconverged, init=None) -> _State:
+  """The subset's state from an exact solve (cold, or warm from init), added to the
+  `unconverged` [] count."""
   in_set = _membership(idx, row_mask, stats.mask.shape[0])
-  ev = obj.evaluate(stats, idx, row_mask, params)
+  ev = obj.evaluate(stats, idx, row_mask, params, init)
   return _State(idx, row_mask, in_set, ev, unconverged + _capped(ev.converged, True))
 
 
-def _scored(stats, idx, row_mask, params):
-  """(J [], converged [] bool) of a cold exact solve: what a scan over candidates keeps."""
-  ev = obj.evaluate(stats, idx, row_mask, params)
+def _scored(stats, idx, row_mask, params, init=None):
+  """(J [], converged [] bool) of an exact solve: what a scan over candidates keeps."""
+  ev = obj.evaluate(stats, idx, row_mask, params, init)
   return ev.objective, ev.converged
 
 
@@ -86,7 +95,7 @@ def _take(tree, j):
 
 
 def _score_all(fn, xs: jax.Array) -> jax.Array:
-  return jax.lax.map(fn, xs, batch_size=_EXHAUSTIVE_BATCH)
+  return jax.lax.map(fn, xs, batch_size=_SOLVE_BATCH)
 
 
 def _first_pick(stats: obj.ClassStats, m: int, params: obj.GadcParams) -> _State:
@@ -217,8 +226,8 @@ def _column_update_without(stats, state: _State, i, params) -> jax.Array:
   return eps * log_b - eps * jax.nn.logsumexp((f[:, None] - cost) / eps, axis=0)
 
 
-def _fast_round(stats, state: _State, params):
-  """Best swap among a short list of screened swaps: (its exact J, its state)."""
+def _swap_screen(stats, state: _State, params):
+  """Screening estimates [m * n] of every swap (inf where invalid) and warm starts init(p)."""
   m = state.idx.shape[0]
   n = stats.mask.shape[0]
   eps = stats.epsilon
@@ -241,33 +250,67 @@ def _fast_round(stats, state: _State, params):
     i, c = p // n, p % n
     return state.ev.ot.f.at[i].set(eps * (-jnp.log(float(m)) - lse[i, c])), g[i]
 
-  return _solve_shortlist(stats, state, params, estimates.ravel(),
+  return estimates.ravel(), init
+
+
+def _fast_round(stats, state: _State, params):
+  """Best swap among a short list of screened swaps: (its exact J, its state)."""
+  n = stats.mask.shape[0]
+  estimates, init = _swap_screen(stats, state, params)
+  return _solve_shortlist(stats, state, params, estimates,
                           lambda p: _swapped(state.idx, n, p), state.row_mask, init,
-                          jnp.arange(m * n))
+                          jnp.arange(estimates.shape[0]))
 
 
-def _exhaustive_round(stats, state: _State, params):
-  """Best swap over every (slot i, candidate c), each solved cold: (its J, its state)."""
+def _every_swap(stats, state: _State, params, init=None):
+  """Best swap over every (slot i, candidate c), each solved exactly: (its J, its state).
+
+  Solves start cold (exhaustive mode's round), or warm from init(p) (p = i * n + c); either
+  way each runs to the solver's threshold, so the J of a swap does not depend on the start
+  beyond its accuracy.
+  """
   m = state.idx.shape[0]
   n = stats.mask.shape[0]
   valid = jnp.tile(stats.candidate & ~state.in_set, m)
+  start = (lambda p: None) if init is None else init
 
   scores, converged = _score_all(
-      lambda p: _scored(stats, _swapped(state.idx, n, p), state.row_mask, params),
+      lambda p: _scored(stats, _swapped(state.idx, n, p), state.row_mask, params, start(p)),
       jnp.arange(m * n))
   scores = jnp.where(valid, scores, jnp.inf)
   p = jnp.argmin(scores)
   return scores[p], _state(stats, _swapped(state.idx, n, p), state.row_mask, params,
-                           state.unconverged + _capped(converged, valid))
+                           state.unconverged + _capped(converged, valid), start(p))
 
 
-def _refine(stats, state: _State, params) -> _State:
-  """Swap rounds until no swap lowers J by more than min_improvement, or `rounds` ran.
+def _confirming_round(stats, state: _State, params):
+  """Every swap solved exactly, warm-started as the screened round's short list is."""
+  return _every_swap(stats, state, params, _swap_screen(stats, state, params)[1])
 
-  The count of solves that stopped at the cap includes every round's, swap taken or not.
+
+def improvement_tolerance(objective: jax.Array, params: obj.GadcParams) -> jax.Array:
+  """[] how much a swap must lower J (objective []) to count as an improvement.
+
+  J is known only to the accuracy of its solve. A solve stops once the column marginal of
+  its plan is within sinkhorn_threshold (L1) of its total mass kappa ~ 1, so the plan may
+  move about that fraction of its mass, and POT, its cost, moves by about that fraction of
+  itself; the other terms of J are exact and non-negative, so relative to |J| the error is
+  at most that. Two solves of one subset (one warm-, one cold-started) differ by as much.
+  Below float32 resolution, a few ulps of |J| from summing its terms, nothing is
+  measurable at all. A smaller decrease is noise: taking it could trade one subset for an
+  equal one and back until the rounds run out.
   """
-  search = _fast_round if params.mode == 'fast' else _exhaustive_round
+  resolution = _ULPS * jnp.finfo(jnp.float32).eps
+  return jnp.abs(objective) * jnp.maximum(params.sinkhorn_threshold, resolution)
 
+
+def _swap_rounds(stats, search, params, carry):
+  """Applies search's best swap while it lowers J by more than `improvement_tolerance`
+  and fewer than `rounds` rounds ran: the spec's refinement, with `search` a round.
+
+  carry: (rounds run [], state, whether to go on []). The count of solves that stopped
+  at the cap includes every round's, swap taken or not.
+  """
   def cond(carry):
     rounds, _, improved = carry
     return improved & (rounds < params.rounds)
@@ -275,47 +318,60 @@ def _refine(stats, state: _State, params) -> _State:
   def body(carry):
     rounds, current, _ = carry
     value, candidate = search(stats, current, params)
-    improved = value < current.ev.objective - params.min_improvement
+    improved = value < (current.ev.objective
+                        - improvement_tolerance(current.ev.objective, params))
     current = jax.tree.map(lambda a, b: jnp.where(improved, a, b), candidate, current)
     # The round's solves ran whether or not its swap is taken.
     return rounds + 1, current._replace(unconverged=candidate.unconverged), improved
 
-  return jax.lax.while_loop(cond, body, (0, state, jnp.asarray(True)))[1]
+  return jax.lax.while_loop(cond, body, carry)
 
 
 def select_one(problem: ClassProblem, m: int, params: obj.GadcParams):
   """GADC selection for one unbatched padded class.
 
   The class needs at least m candidates (`problem.with_min_candidates` ensures it).
-  Exhaustive mode runs the spec's greedy; fast mode also the release's greedy (own CE,
-  see `_greedy_offsets`), both starts batched, refined, and the lower J kept (ties: the
-  spec's). The first pick is the same for both.
+  Exhaustive mode runs the spec's greedy and its swap rounds. Fast mode runs two greedy
+  starts, the spec's and the release's (own CE, see `_greedy_offsets`), refines each with
+  screened rounds until its short list has no improving swap, and keeps the lower J (ties:
+  the spec's); the first pick is the same for both. The screen can miss a swap, so fast
+  mode then runs rounds that solve every swap (warm-started) until none improves: the
+  first usually confirms that the subset is a 1-swap local optimum. Rounds of both kinds
+  count towards `rounds`.
 
   Returns:
-    indices [m] int32, J [] float32 of the kept start, and unconverged [] int32: the
-    exact solves of the whole search (first pick, both starts) that stopped at the cap.
+    indices [m] int32 (sorted), J [] float32 of them from a cold solve (as every method is
+    scored), and unconverged [] int32: the exact solves of the whole search (first pick,
+    both starts, the final scoring) that stopped at the cap.
   """
   stats = obj.class_stats(problem, params)
-  add = _fast_add if params.mode == 'fast' else _exhaustive_add
-  own_ce = jnp.array([0.0, 1.0] if params.mode == 'fast' else [0.0])
+  fast = params.mode == 'fast'
+  add = _fast_add if fast else _exhaustive_add
+  own_ce = jnp.array([0.0, 1.0] if fast else [0.0])
+  first = _first_pick(stats, m, params)
 
-  def from_start(state, start_own_ce):
+  def from_start(start_own_ce):
+    # Each start counts only its own solves; the shared first pick's are added once.
+    state = first._replace(unconverged=jnp.int32(0))
     state, _ = jax.lax.scan(lambda s, k: (add(stats, s, k, start_own_ce, params), None),
                             state, jnp.arange(1, m))
-    state = _refine(stats, state, params)
-    idx = jnp.sort(state.idx)
-    # Report the cold-started J so that every method is scored the same way.
-    final = obj.evaluate(stats, idx, jnp.ones((m,), bool), params)
-    return idx, final.objective, state.unconverged + _capped(final.converged, True)
+    search = _fast_round if fast else _every_swap  # exhaustive: the spec's cold round
+    rounds, state, _ = _swap_rounds(stats, search, params,
+                                    (jnp.int32(0), state, jnp.asarray(True)))
+    return rounds, state
 
-  first = _first_pick(stats, m, params)
   # Starts run one after the other: batching them would make every while loop wait for
   # the slower start and turns the search's gathers into batched ones.
-  # Each start counts only its own solves; the shared first pick's are added once.
-  idx, values, unconverged = jax.lax.map(
-      lambda a: from_start(first._replace(unconverged=jnp.int32(0)), a), own_ce)
-  best = jnp.argmin(values)
-  return idx[best], values[best], first.unconverged + jnp.sum(unconverged)
+  rounds, states = jax.lax.map(from_start, own_ce)
+  best = jnp.argmin(states.ev.objective)
+  state = _take(states, best)._replace(
+      unconverged=first.unconverged + jnp.sum(states.unconverged))
+  if fast:
+    _, state, _ = _swap_rounds(stats, _confirming_round, params,
+                               (rounds[best], state, jnp.asarray(True)))
+  idx = jnp.sort(state.idx)
+  final = obj.evaluate(stats, idx, jnp.ones((m,), bool), params)
+  return idx, final.objective, state.unconverged + _capped(final.converged, True)
 
 
 @functools.lru_cache(maxsize=None)

@@ -48,7 +48,6 @@ class GadcParams:
   mode: str = 'fast'
   sinkhorn_threshold: float = defaults.SINKHORN_THRESHOLD
   sinkhorn_max_iterations: int = defaults.SINKHORN_MAX_ITERATIONS
-  min_improvement: float = 1e-8
   shortlist: int = 32
 
   @classmethod
@@ -82,8 +81,7 @@ def check_config(cfg, where: str = 'config.select.gadc') -> None:
       cfg, where, positive_ints=('shortlist', 'sinkhorn_max_iterations'),
       non_negative_ints=('rounds',),
       positive=('epsilon', 'temperature', 'sinkhorn_threshold', 'kappa'),
-      non_negative=('delta_factor', 'w_mom', 's_mom', 'w_ce', 'w_ent', 'w_kl',
-                    'min_improvement'))
+      non_negative=('delta_factor', 'w_mom', 's_mom', 'w_ce', 'w_ent', 'w_kl'))
   if 'tau' in cfg:  # the select job's candidate filter: in the config, not in GadcParams.
     validation.require(cfg, where, fractions=('tau',))
   if cfg['kappa'] < 1:
