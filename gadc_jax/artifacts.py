@@ -22,6 +22,7 @@ import zipfile
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
 
@@ -134,6 +135,28 @@ def damaged_files(folder: str, described: Mapping[str, Mapping[str, Any]],
       damaged[name] = (f'has content {file_fingerprint(path)}, not the {expected["sha256"]} '
                        'written (replaced or modified since)')
   return damaged
+
+
+def damaged_on_rerun(folder: str, described: Mapping[str, Mapping[str, Any]],
+                     what: str) -> dict[str, str]:
+  """`damaged_files` of a finished artifact that a job meets again, logged: a skip when all
+  are whole, else a warning naming each damaged file (which the caller then redoes)."""
+  damaged = damaged_files(folder, described)
+  if damaged:
+    logging.warning('%s %s is damaged (%s); redoing it', what, folder,
+                    '; '.join(f'{name} {problem}' for name, problem in damaged.items()))
+  else:
+    logging.info('%s %s already complete; skipping.', what, folder)
+  return damaged
+
+
+def remove_files(folder: str, names) -> None:
+  """Host 0 removes the files `names` of `folder` (missing ones are fine); all hosts wait."""
+  if jax.process_index() == 0:
+    for name in names:
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(folder, name))
+  multihost_utils.sync_global_devices(f'removed files of {folder}')
 
 
 def verify_files(folder: str, described: Mapping[str, Mapping[str, Any]], what: str,

@@ -198,16 +198,10 @@ def _finished(out: str, inputs: dict, expected: str, what: str) -> bool:
   record = artifacts.finished_or_start(manifest, started, expected, inputs, what)
   if record is None:
     return False
-  damaged = artifacts.damaged_files(out, record['files'])
+  damaged = artifacts.damaged_on_rerun(out, record['files'], what)
   if not damaged:
     return True
-  logging.warning('%s %s is damaged (%s); computing it again', what, out,
-                  '; '.join(f'{name} {problem}' for name, problem in damaged.items()))
-  if jax.process_index() == 0:
-    for name in [*damaged, 'manifest.json']:
-      if os.path.exists(os.path.join(out, name)):
-        os.remove(os.path.join(out, name))
-  multihost_utils.sync_global_devices(f'{what} {out} damaged removed')
+  artifacts.remove_files(out, [*damaged, 'manifest.json'])
   artifacts.finished_or_start(manifest, started, expected, inputs, what)  # starts now.
   return False
 

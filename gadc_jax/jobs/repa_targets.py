@@ -63,17 +63,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     record = artifacts.finished_or_start(manifest_path, os.path.join(out, 'inputs.json'),
                                          expected, inputs, 'REPA targets')
     if record is not None:
-      damaged = artifacts.damaged_files(out, record['files'])
+      damaged = artifacts.damaged_on_rerun(out, record['files'], 'REPA targets')
       if not damaged:
-        logging.info('REPA targets %s already finished; skipping.', out)
         return record
-      logging.warning('REPA targets %s are damaged (%s); computing those shards again', out,
-                      '; '.join(f'{k} {v}' for k, v in damaged.items()))
-      if jax.process_index() == 0:
-        for name in [*damaged, 'manifest.json']:
-          if os.path.exists(os.path.join(out, name)):
-            os.remove(os.path.join(out, name))
-      multihost_utils.sync_global_devices(f'repa targets {out} damaged removed')
+      artifacts.remove_files(out, [*damaged, 'manifest.json'])
     return _compute(config, workdir, out, inputs, expected)
 
 

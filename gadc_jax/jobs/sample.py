@@ -59,12 +59,9 @@ def _sample(config: ml_collections.ConfigDict, workdir: str, out: str) -> dict:
   if done is not None:
     # Checksums, not sizes only: a skipped rerun must not leave the evaluate job a file it
     # will refuse.
-    damaged = artifacts.damaged_files(out, done['files'])
+    damaged = artifacts.damaged_on_rerun(out, done['files'], 'samples')
     if not damaged:
-      logging.info('samples %s already complete; skipping.', out)
       return done
-    logging.warning('samples %s: %s; redoing them.', out,
-                    '; '.join(f'{name} {problem}' for name, problem in damaged.items()))
     for name in damaged:  # a damaged part is sampled again; samples.npz is rebuilt anyway.
       with contextlib.suppress(FileNotFoundError):  # every host removes it.
         os.remove(os.path.join(out, name))

@@ -265,12 +265,9 @@ def _whole(config, store, out: str, m: np.ndarray, summary: dict) -> dict:
   if described is None:
     raise ValueError(f'{out}/selection.json records no checksums of its files (an older '
                      'version wrote it); remove the folder and run the select job again')
-  damaged = artifacts.damaged_files(out, described)
+  damaged = artifacts.damaged_on_rerun(out, described, 'selection')
   if not damaged:
-    logging.info('selection %s already complete; skipping.', out)
     return summary
-  logging.warning('selection %s: %s; rebuilding from its class files.', out,
-                  '; '.join(f'{name} {problem}' for name, problem in damaged.items()))
   if jax.process_index() == 0:
     records = _class_records(out, store.num_classes)
     for name in damaged:

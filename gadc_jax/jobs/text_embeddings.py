@@ -47,12 +47,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     record = artifacts.finished_or_start(done_path, os.path.join(out, 'inputs.json'),
                                          expected, inputs, 'text embeddings')
     if record is not None:
-      damaged = artifacts.damaged_files(out, record['files'])
-      if not damaged:
-        logging.info('text embeddings %s already finished; skipping.', out_file)
+      if not artifacts.damaged_on_rerun(out, record['files'], 'text embeddings'):
         return record
-      logging.warning('text embeddings %s are damaged (%s); computing them again', out,
-                      '; '.join(f'{k} {v}' for k, v in damaged.items()))
     tokens, mask = class_text.embed(folder, texts, cfg.tokens, cfg.batch_size)
     record = {'fingerprint': expected, 'inputs': inputs, 'num_classes': len(texts),
               'shape': list(tokens.shape)}
