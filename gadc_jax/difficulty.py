@@ -130,7 +130,7 @@ def make_scorer(config: ml_collections.ConfigDict, workdir: str):
   info = input_pipeline.split_info(config.data, cfg.split)
   model, params, _ = generator.restore_ema_params(scorer, workdir, info.num_classes,
                                                   info.image_shape)
-  text_table = generator.load_text_table(scorer.train)
+  text_table = generator.load_text_table(scorer.train, info.num_classes)
   vae = generator.load_vae(scorer.train) if scorer.train.space == 'latent' else None
   # Latents are the posterior mean: deterministic, so that a score is a fixed number.
   encode = jax.jit(lambda p, x: vae[0].apply(p, x, method='encode')[0]
