@@ -1,6 +1,7 @@
 """Shared fixtures: a digits config on a private TFDS dir, and a workdir with the
 classifiers and features of the default pipeline (built once per test session)."""
 
+import gc
 import os
 import runpy
 
@@ -16,6 +17,39 @@ except ImportError:  # the runtime environment has no torch; the oracle tests ne
 import pytest  # pylint: disable=g-import-not-at-top
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _count_lines(path: str) -> int | None:
+  try:
+    with open(path, 'rb') as f:
+      return sum(1 for _ in f)
+  except OSError:  # not Linux
+    return None
+
+
+def _max_map_count() -> int:
+  try:
+    with open('/proc/sys/vm/max_map_count') as f:
+      return int(f.read())
+  except (OSError, ValueError):
+    return 65530
+
+
+@pytest.fixture(autouse=True)
+def _release_compiled_programs():
+  """Drops jax's compiled programs once the process holds half of Linux's memory-map limit.
+
+  Every executable XLA:CPU compiles keeps memory mappings while jax caches it. One process
+  running the whole suite compiles thousands of programs and passed vm.max_map_count (65,530
+  here): the next compile's mmap then failed inside LLVM and killed pytest with SIGSEGV.
+  Clearing the caches unmaps them; later tests recompile what they need.
+  """
+  yield
+  count = _count_lines('/proc/self/maps')
+  if count is not None and count > _max_map_count() // 2:
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.clear_caches()
+    gc.collect()
 
 
 def killed_after(fn, calls: int):
