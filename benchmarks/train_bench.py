@@ -3,12 +3,18 @@
     python benchmarks/train_bench.py [--steps 10] [--batch 32]
     python benchmarks/train_bench.py --mfu [--model DiT-XL/2 --batch 256 --remat dots]
     python benchmarks/train_bench.py --memory [--model DiT-XL/2 --batch 256]
+    python benchmarks/train_bench.py --peer PATH/TO/DiT [--model DiT-XL/2 --batch 128]
 
 --mfu times only ours, in bfloat16, and prints the model FLOPs utilisation: XLA's FLOP count
 of one forward pass, times 3 for forward and backward, per second, over the accelerator's
 dense bfloat16 peak (a table of known devices, or --peak_tflops). --memory compiles (never
 runs) the bfloat16 step once per rematerialisation policy and prints XLA's memory plan: what the
-step needs on the device, before allocating anything.
+step needs on the device, before allocating anything. --peer times ours in bfloat16 beside the
+official DiT code (a local checkout of facebookresearch/DiT: its models.py and diffusion/, which
+need torch and timm) on the same device, eager and under torch.compile, each in a child process,
+with bfloat16 autocast on a GPU as its train.py would; the harness around its model (AdamW, the
+diffusion loss of its `create_diffusion().training_losses`, an EMA lerp) is the same step as
+ours. It prints steps/s, the ratios and the peak device memory of each.
 
 Both sides run a full step as DiT trains: forward, the diffusion loss, backward, AdamW and the
 EMA update. Ours also computes the vb term (strictly more work). Both processes run with the
@@ -39,7 +45,8 @@ PEAK_BF16_TFLOPS = {'NVIDIA H100 80GB HBM3': 989.0, 'NVIDIA H200': 989.0,
                     'TPU v4': 275.0, 'TPU v5 lite': 197.0, 'TPU v5p': 459.0}
 
 
-def _train_step(batch: int, model_name: str, bfloat16: bool, remat: str):
+def _train_step(batch: int, model_name: str, bfloat16: bool, remat: str,
+                attention: str = 'auto'):
   """(jitted train step, abstract state, abstract batch, model) of our DiT train step on
   32x32x4 latents; nothing is allocated."""
   host.configure_cpu_runtime()
@@ -53,7 +60,7 @@ def _train_step(batch: int, model_name: str, bfloat16: bool, remat: str):
   from gadc_jax.training import train_state  # pylint: disable=g-import-not-at-top
   cfg = defaults.train()
   cfg.model_overrides = ml_collections.ConfigDict()
-  cfg.model, cfg.bfloat16, cfg.remat = model_name, bfloat16, remat
+  cfg.model, cfg.bfloat16, cfg.remat, cfg.attention = model_name, bfloat16, remat, attention
   model = generator.build_model(cfg, 1000)
   tx = train_state.optimizer(cfg.learning_rate, cfg.weight_decay)
   mesh = train_state.make_mesh()
@@ -73,9 +80,10 @@ def _train_step(batch: int, model_name: str, bfloat16: bool, remat: str):
 
 
 def ours(batch: int, steps: int, model_name: str = 'DiT-S/2', bfloat16: bool = False,
-         remat: str = 'none') -> tuple[float, float]:
+         remat: str = 'none', attention: str = 'auto') -> tuple[float, float]:
   """(steps per second, forward FLOPs per image by XLA's count) of our train step."""
-  step, (init, _, abstract_data), model = _train_step(batch, model_name, bfloat16, remat)
+  step, (init, _, abstract_data), model = _train_step(batch, model_name, bfloat16, remat,
+                                                      attention)
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   state = init()
@@ -119,13 +127,94 @@ def memory(args) -> None:
                     'memory_gib': plans}))
 
 
-def theirs_in_child(batch: int, steps: int) -> float | None:
-  result = subprocess.run([sys.executable, __file__, '--torch', f'--batch={batch}',
-                           f'--steps={steps}'], capture_output=True, text=True)
+def _in_child(flags: list[str]):
+  """The JSON last line of this script run with `flags` in a child process (torch and XLA
+  crash in one process here), or None if it failed."""
+  result = subprocess.run([sys.executable, __file__] + flags, capture_output=True, text=True)
   if result.returncode:
     print(result.stderr[-2000:], file=sys.stderr)
     return None
   return json.loads(result.stdout.splitlines()[-1])
+
+
+def theirs_in_child(batch: int, steps: int) -> float | None:
+  return _in_child(['--torch', f'--batch={batch}', f'--steps={steps}'])
+
+
+def peak_device_bytes() -> int | None:
+  """Peak bytes allocated on the first device so far (None where the backend keeps no count,
+  as on the CPU)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  stats = jax.devices()[0].memory_stats() or {}
+  return stats.get('peak_bytes_in_use')
+
+
+def peer_step(repo: str, model_name: str, batch: int, steps: int, compiled: bool) -> dict:
+  """Steps/s and peak device bytes of the official DiT's train step (its models.py and
+  diffusion loss, from the checkout `repo`), bfloat16 autocast on a GPU, float32 on a CPU."""
+  import torch  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, os.path.abspath(repo))
+  from diffusion import create_diffusion  # pylint: disable=g-import-not-at-top,import-error
+  from models import DiT_models  # pylint: disable=g-import-not-at-top,import-error
+  device = 'cuda' if torch.cuda.is_available() else 'cpu'
+  torch.manual_seed(0)
+  model = DiT_models[model_name](input_size=32, num_classes=1000).to(device)
+  ema = [p.detach().clone() for p in model.parameters()]
+  params = list(model.parameters())
+  diffusion = create_diffusion(timestep_respacing='')
+  opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0)
+  forward = torch.compile(model) if compiled else model
+  x = torch.randn(batch, 4, 32, 32, device=device)
+  y = torch.randint(0, 1000, (batch,), device=device)
+
+  def one():
+    t = torch.randint(0, diffusion.num_timesteps, (batch,), device=device)
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=device == 'cuda'):
+      loss = diffusion.training_losses(forward, x, t, {'y': y})['loss'].mean()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    with torch.no_grad():
+      torch._foreach_lerp_(ema, params, 1 - 0.9999)  # pylint: disable=protected-access
+
+  sync = torch.cuda.synchronize if device == 'cuda' else lambda: None
+  for _ in range(3 if compiled else 1):  # compilation, autotuning
+    one()
+  sync()
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    one()
+  sync()
+  sps = steps / (time.perf_counter() - t0)
+  peak = torch.cuda.max_memory_allocated() if device == 'cuda' else None
+  return {'steps_per_s': sps, 'peak_bytes': peak, 'device': device}
+
+
+def peer(args) -> None:
+  """Ours in bfloat16 beside the official DiT, eager and compiled, on the same device."""
+  runs = {mode: _in_child([f'--peer_child={mode}', f'--peer={args.peer}', f'--model={args.model}',
+                           f'--batch={args.batch}', f'--steps={args.steps}'])
+          for mode in ('eager', 'compiled')}
+  host.configure_cpu_runtime()
+  import jax  # pylint: disable=g-import-not-at-top
+  device = jax.devices()[0].device_kind
+  sps, _ = ours(args.batch, args.steps, args.model, bfloat16=True, remat=args.remat,
+                attention=args.attention)
+  mine = {'steps_per_s': sps, 'peak_bytes': peak_device_bytes()}
+  gib = lambda b: '-' if b is None else f'{b / 2**30:.1f} GiB'
+  print(f'{args.model} train step, 32x32x4 latents, batch {args.batch}, {args.steps} timed steps, '
+        f'{device}')
+  print(f'{"ours (JAX, bfloat16, remat " + args.remat + ")":<40}{sps:8.3f} steps/s  peak '
+        f'{gib(mine["peak_bytes"])}')
+  for mode, run in runs.items():
+    if run is None:
+      print(f'official DiT ({mode}): failed (see above)')
+      continue
+    print(f'{"official DiT (PyTorch, " + mode + ")":<40}{run["steps_per_s"]:8.3f} steps/s  peak '
+          f'{gib(run["peak_bytes"])}  ratio ours / it {sps / run["steps_per_s"]:.2f}x')
+  print(json.dumps({'device': device, 'model': args.model, 'batch': args.batch, 'ours': mine,
+                    'peer': runs, 'ratio_vs_compiled': None if runs['compiled'] is None else
+                    sps / runs['compiled']['steps_per_s']}))
 
 
 def theirs(batch: int, steps: int) -> float | None:
@@ -175,11 +264,23 @@ def main():
                       help='the device peak for --mfu; 0: from PEAK_BF16_TFLOPS')
   parser.add_argument('--remat', default='none',
                       help='the rematerialisation policy of --mfu (models/dit.py REMAT_POLICIES)')
+  parser.add_argument('--attention', default='auto',
+                      help='attention implementation of --mfu / --peer (ATTENTION_IMPLEMENTATIONS)')
   parser.add_argument('--memory', action='store_true',
                       help="XLA's memory plan of --model at --batch for every remat policy")
+  parser.add_argument('--peer', default='',
+                      help='a local checkout of the official DiT code: time it beside ours')
+  parser.add_argument('--peer_child', choices=('eager', 'compiled'), help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.torch:
     print(json.dumps(theirs(args.batch, args.steps)))
+    return
+  if args.peer_child:
+    print(json.dumps(peer_step(args.peer, args.model, args.batch, args.steps,
+                               args.peer_child == 'compiled')))
+    return
+  if args.peer:
+    peer(args)
     return
   if args.mfu:
     mfu(args)
@@ -210,7 +311,7 @@ def mfu(args) -> None:
   if not peak:
     sys.exit(f'no bfloat16 peak known for {device!r}: pass --peak_tflops')
   sps, forward_flops = ours(args.batch, args.steps, args.model, bfloat16=True,
-                            remat=args.remat)
+                            remat=args.remat, attention=args.attention)
   achieved = 3 * forward_flops * args.batch * sps / 1e12
   utilisation = achieved / (peak * jax.device_count())
   print(f'{args.model} bfloat16, remat {args.remat}, 32x32x4 latents, batch {args.batch}, '

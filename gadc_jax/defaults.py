@@ -259,6 +259,9 @@ def train() -> ml_collections.ConfigDict:
       # DiT/SiT block rematerialisation: 'none' | 'block' | 'dots' (models/dit.py REMAT_POLICIES);
       # memory for recomputation, never a different value.
       'remat': 'none',
+      # How blocks compute attention: 'auto' | 'einsum' | 'xla' | 'cudnn' (models/dit.py
+      # ATTENTION_IMPLEMENTATIONS); 'auto' is the fused cuDNN kernel for bfloat16 on GPUs.
+      'attention': 'auto',
       'transport_path': 'linear',  # SiT only.
       'log_every': 100,
       'checkpoint_every': 1000,

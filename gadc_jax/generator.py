@@ -138,7 +138,7 @@ def build_model(train_cfg, num_classes: int,
   return dit_lib.make_dit(train_cfg.model, num_classes=num_classes,
                           class_dropout_prob=train_cfg.class_dropout,
                           dtype=jnp.bfloat16 if train_cfg.bfloat16 else jnp.float32,
-                          remat=train_cfg.remat,
+                          remat=train_cfg.remat, attention=train_cfg.attention,
                           **train_cfg.model_overrides.to_dict(), **text)
 
 

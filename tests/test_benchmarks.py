@@ -31,6 +31,7 @@ class Run(NamedTuple):
   keys: frozenset  # keys the last line's JSON object must have.
   slow: bool = False  # over ~30 s on the 2-core CPU.
   check: Callable[[dict], None] = lambda record: None  # further checks of the record.
+  prepare: Callable[[], None] = lambda: None  # writes what the arguments name.
 
 
 def _torch_side_available() -> bool:
@@ -99,6 +100,46 @@ def _check_memory(record: dict) -> None:
     assert plan['arguments'] > 0
 
 
+# A stand-in for a checkout of the official DiT code (its models.py and diffusion package, as
+# train_bench.py --peer imports them): a tiny torch model of the same call signature.
+_PEER_REPO = os.path.join(tempfile.gettempdir(), 'train_bench_peer_standin')
+_PEER_FILES = {
+    'models.py': (
+        'import torch\n'
+        'class Tiny(torch.nn.Module):\n'
+        '  def __init__(self, input_size, num_classes):\n'
+        '    super().__init__()\n'
+        '    self.embed = torch.nn.Embedding(num_classes, 8)\n'
+        '    self.conv = torch.nn.Conv2d(4, 8, 3, padding=1)\n'
+        '  def forward(self, x, t, y):\n'
+        '    return self.conv(x) + self.embed(y)[:, :, None, None]\n'
+        "DiT_models = {'DiT-S/2': Tiny}\n"),
+    'diffusion/__init__.py': (
+        'class Diffusion:\n'
+        '  num_timesteps = 1000\n'
+        '  def training_losses(self, model, x, t, model_kwargs):\n'
+        "    return {'loss': ((model(x, t, **model_kwargs)[:, :4] - x) ** 2).mean((1, 2, 3))}\n"
+        'def create_diffusion(timestep_respacing):\n'
+        '  return Diffusion()\n'),
+}
+
+
+def _write_peer_standin() -> None:
+  for name, text in _PEER_FILES.items():
+    path = os.path.join(_PEER_REPO, name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, 'w') as f:
+      f.write(text)
+
+
+def _check_peer(record: dict) -> None:
+  assert record['ours']['steps_per_s'] > 0
+  for mode in ('eager', 'compiled'):
+    assert record['peer'][mode]['steps_per_s'] > 0, mode
+  assert record['ratio_vs_compiled'] == pytest.approx(
+      record['ours']['steps_per_s'] / record['peer']['compiled']['steps_per_s'])
+
+
 RUNS = {
     'features_bench.py': [Run(
         ['--batch', '1', '--iters', '1', '--size', '75', '--dtypes', 'float32'],
@@ -131,6 +172,9 @@ RUNS = {
         Run(['--memory', '--model', 'DiT-S/8', '--batch', '2'],
             frozenset({'device', 'model', 'batch', 'memory_gib'}), slow=True,
             check=_check_memory),
+        Run(['--peer', _PEER_REPO, '--model', 'DiT-S/2', '--batch', '2', '--steps', '1'],
+            frozenset({'device', 'model', 'batch', 'ours', 'peer', 'ratio_vs_compiled'}),
+            slow=True, check=_check_peer, prepare=_write_peer_standin),
     ],
 }
 
@@ -169,6 +213,7 @@ def test_every_benchmark_has_tiny_arguments():
 
 @pytest.mark.parametrize('script,run', _params())
 def test_benchmark_runs_and_prints_json(script, run):
+  run.prepare()
   result = _run(script, run.args)
   assert result.returncode == 0, result.stderr[-3000:]
   lines = result.stdout.strip().splitlines()

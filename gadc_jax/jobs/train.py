@@ -62,7 +62,9 @@ def _check_config(cfg) -> None:
     raise ValueError(f'config.train.keep_every ({cfg.keep_every}) must be a multiple of '
                      f'config.train.checkpoint_every ({cfg.checkpoint_every})')
   generator.check_space(cfg)
-  dit_lib.block_class(cfg.remat)  # an unknown policy is named before anything is built.
+  # An unknown policy or attention is named before anything is built.
+  dit_lib.block_class(cfg.remat)
+  dit_lib.resolve_attention(cfg.attention, jnp.float32)
   if cfg.space == 'latent':
     validation.require(cfg.vae, 'config.train.vae', positive=('scale',))
   generator.check_sampler(cfg, cfg.sampler, 'config.train.sampler')

@@ -170,10 +170,40 @@ def attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray) -> jnp.ndarray:
   return (jnp.einsum('bhqk,bhkc->bhqc', weights, v) / total).transpose(0, 2, 1, 3)
 
 
+# How a block computes attention (config.train.attention): 'einsum' is `attention` above, the
+# fastest on CPUs; 'xla' and 'cudnn' are jax.nn.dot_product_attention's implementations, 'cudnn'
+# its fused flash-attention kernel on NVIDIA GPUs (bfloat16 or float16 only). 'auto' picks
+# 'cudnn' for bfloat16 on a GPU and 'einsum' elsewhere. All compute the same values.
+ATTENTION_IMPLEMENTATIONS = ('auto', 'einsum', 'xla', 'cudnn')
+
+
+def resolve_attention(implementation: str, dtype) -> str:
+  """The implementation 'auto' stands for on this backend and dtype; others as they are."""
+  if implementation not in ATTENTION_IMPLEMENTATIONS:
+    raise ValueError(f'unknown attention implementation {implementation!r}; expected one of '
+                     f'{", ".join(ATTENTION_IMPLEMENTATIONS)}')
+  if implementation != 'auto':
+    return implementation
+  fused = jax.default_backend() == 'gpu' and jnp.dtype(dtype) == jnp.bfloat16
+  return 'cudnn' if fused else 'einsum'
+
+
+def multi_head_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray,
+                         implementation: str) -> jnp.ndarray:
+  """Attention of q, k, v [B, heads, N, head_dim] -> [B, N, heads, head_dim] by
+  `implementation` (not 'auto': see resolve_attention)."""
+  if implementation == 'einsum':
+    return attention(q, k, v)
+  # jax.nn.dot_product_attention takes [B, N, heads, head_dim].
+  q, k, v = (a.transpose(0, 2, 1, 3) for a in (q, k, v))
+  return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
+
+
 class Attention(nn.Module):
   """Multi-head self-attention with a fused qkv projection: [B, N, D] -> [B, N, D]."""
   heads: int
   dtype: Any = jnp.float32
+  implementation: str = 'einsum'
 
   @nn.compact
   def __call__(self, x):
@@ -182,7 +212,7 @@ class Attention(nn.Module):
     # laid out (3, heads, head_dim), as in timm's Attention.
     qkv = nn.Dense(3 * d, dtype=self.dtype, kernel_init=_xavier, name='qkv')(x.reshape(b * n, d))
     q, k, v = qkv.reshape(b, n, 3, self.heads, d // self.heads).transpose(2, 0, 3, 1, 4)
-    out = attention(q, k, v).reshape(b * n, d)
+    out = multi_head_attention(q, k, v, self.implementation).reshape(b * n, d)
     return nn.Dense(d, dtype=self.dtype, kernel_init=_xavier, name='proj')(out).reshape(b, n, d)
 
 
@@ -194,6 +224,7 @@ class DiTBlock(nn.Module):
   heads: int
   mlp_ratio: float = 4.0
   dtype: Any = jnp.float32
+  attention: str = 'einsum'
 
   @nn.compact
   def __call__(self, x, c):
@@ -202,7 +233,7 @@ class DiTBlock(nn.Module):
                    name='adaLN_modulation')(nn.silu(c))[:, None]
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, -1)
     h = modulate(_layer_norm()(x), shift_msa, scale_msa)
-    x = x + gate_msa * Attention(self.heads, dtype=self.dtype, name='attn')(h)
+    x = x + gate_msa * Attention(self.heads, self.dtype, self.attention, name='attn')(h)
     h = modulate(_layer_norm()(x), shift_mlp, scale_mlp)
     mlp = Mlp((int(d * self.mlp_ratio), d), activation=lambda y: nn.gelu(y, approximate=True),
               dtype=self.dtype, name='mlp')
@@ -273,7 +304,9 @@ class DiT(nn.Module):
 
   dtype is the computation dtype (e.g. jnp.bfloat16); parameters stay float32 and the outputs
   are float32. remat names the blocks' rematerialisation policy (REMAT_POLICIES): it trades
-  recomputation for activation memory and changes no value.
+  recomputation for activation memory and changes no value. attention names how the blocks
+  compute attention (ATTENTION_IMPLEMENTATIONS; 'auto': the fused cuDNN kernel for bfloat16 on
+  a GPU).
   """
   depth: int
   hidden: int
@@ -290,6 +323,7 @@ class DiT(nn.Module):
   text_dim: int = 0
   dtype: Any = jnp.float32
   remat: str = 'none'
+  attention: str = 'auto'
 
   @nn.compact
   def __call__(self, x, t, y, *, train: bool, drop_labels: Optional[jnp.ndarray] = None,
@@ -331,8 +365,9 @@ class DiT(nn.Module):
 
     extras = {}
     block = block_class(self.remat)
+    attention = resolve_attention(self.attention, self.dtype)
     for i in range(self.depth):
-      x = block(self.heads, self.mlp_ratio, dtype=self.dtype, name=f'blocks_{i}')(x, c)
+      x = block(self.heads, self.mlp_ratio, self.dtype, attention, name=f'blocks_{i}')(x, c)
       if i + 1 == self.repa_depth:
         # The REPA projector: a 3-layer SiLU MLP, float32 out for the loss.
         projector = Mlp((self.repa_hidden, self.repa_hidden, self.repa_dim),

@@ -186,6 +186,26 @@ def test_remat_policies_give_the_same_loss_and_gradients(remat):
                grads, ref_grads)
 
 
+def test_attention_implementations_agree():
+  """jax.nn.dot_product_attention (its XLA form; cuDNN's is the same call on a GPU) against
+  this module's einsum attention, through a whole DiT: a wrong layout or scale would differ."""
+  x, t, y = _inputs()
+  params = _random_params(dit.DiT(**TINY), x, t, y, train=False)
+  outs = {impl: dit.DiT(**TINY, attention=impl).apply(params, x, t, y, train=False)
+          for impl in ('einsum', 'xla')}
+  np.testing.assert_allclose(outs['xla'], outs['einsum'], rtol=1e-5, atol=1e-5)
+  q, k, v = jax.random.normal(jax.random.key(5), (3, 2, 4, 16, 8))
+  logits = np.einsum('bhqc,bhkc->bhqk', q, k) / np.sqrt(8)
+  weights = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+  expected = np.einsum('bhqk,bhkc->bqhc', weights, v)
+  for impl in ('einsum', 'xla'):
+    np.testing.assert_allclose(dit.multi_head_attention(q, k, v, impl), expected, rtol=1e-5,
+                               atol=1e-6)
+  assert dit.resolve_attention('auto', jnp.float32) == 'einsum'  # no fused kernel in float32.
+  with pytest.raises(ValueError, match="unknown attention implementation 'flash'"):
+    dit.resolve_attention('flash', jnp.float32)
+
+
 def test_unknown_remat_policy_is_named():
   with pytest.raises(ValueError, match="unknown remat policy 'all'"):
     dit.block_class('all')
