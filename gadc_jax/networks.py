@@ -91,6 +91,11 @@ def make_forward(model, variables, net_cfg: ml_collections.ConfigDict, batch_siz
   return forward
 
 
+def pretrained_num_classes(arch: str) -> int:
+  """The classes of the head of `arch`'s published weights (0: none)."""
+  return _PRETRAINED[arch][0]
+
+
 def init_params(model, seed: int, image_shape):
   """A classifier's initial variables for uint8-derived inputs of shape (H, W, C)."""
   return model.init(jax.random.PRNGKey(seed), jnp.zeros((1,) + tuple(image_shape)))
@@ -159,7 +164,7 @@ def network_record(config, workdir: str, name: str) -> dict[str, Any]:
                                 f'known: {", ".join(_PRETRAINED)}')
     if not os.path.isfile(path):
       raise FileNotFoundError(f'network {name!r}: checkpoint {path} does not exist')
-    return {'arch': net_cfg.arch, 'num_classes': _PRETRAINED[net_cfg.arch][0],
+    return {'arch': net_cfg.arch, 'num_classes': pretrained_num_classes(net_cfg.arch),
             'params_fingerprint': artifacts.file_fingerprint(path)}
   record_path = os.path.join(layout.classifier_dir(workdir, name), 'classifier.json')
   if not os.path.exists(record_path):

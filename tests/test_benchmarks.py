@@ -140,6 +140,16 @@ def _check_peer(record: dict) -> None:
       record['ours']['steps_per_s'] / record['peer']['compiled']['steps_per_s'])
 
 
+def _check_plan(record: dict) -> None:
+  stages = record['stages']
+  assert list(stages) == ['features', 'select', 'train', 'sample', 'evaluate']
+  for stage in stages.values():
+    assert stage['projected_s'] > 0
+    assert all(r['per_s'] > 0 for r in stage['measured'].values())
+  assert record['total_projected_s'] == pytest.approx(
+      sum(s['projected_s'] for s in stages.values()))
+
+
 RUNS = {
     'features_bench.py': [Run(
         ['--batch', '1', '--iters', '1', '--size', '75', '--dtypes', 'float32'],
@@ -156,6 +166,10 @@ RUNS = {
         Run([*_GEOMETRY_ARGS, '--methods', 'gadc,kcenter'], _GEOMETRY_KEYS, slow=True,
             check=_check_geometry(['gadc', 'kcenter'])),
     ],
+    # Compiling GADC and the SD-VAE at toy sizes is most of its minutes.
+    'imagenet_plan.py': [Run(['--tiny'], frozenset({'config', 'stages', 'device',
+                                                   'device_counts', 'total_projected_s'}),
+                             slow=True, check=_check_plan)],
     'select_bench.py': [Run(
         ['--repeats', '1', '--budgets', '10', '--batch', '1', '--no-exhaustive'],
         frozenset({'greedy_s', 'refine_s', 'total_s', 'compile_s', 'objective',
