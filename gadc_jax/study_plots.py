@@ -129,5 +129,5 @@ def selections_side_by_side(rows_by_group: Mapping[str, Sequence[Sequence[np.nda
               interpolation='nearest')
     ax.set_title(group, fontsize=8)
     ax.axis('off')
-  fig.suptitle(title, fontsize=9)
+  fig.suptitle(title, fontsize=9, y=1.04)
   _save(fig, path)
