@@ -151,7 +151,7 @@ def markdown(study: study_cells.Study, metrics: Sequence[str], confidence: float
 def results_csv(cells: list[dict]) -> str:
   """One row per cell: its fields, then every hparam, metric, diagnostic and time as
   columns `hparams.NAME`, `metrics.NAME`, `diagnostics.NAME`, `seconds.NAME` (sorted);
-  empty where a cell lacks one."""
+  empty where a cell lacks one or its value is None."""
   names = {key: study_cells.metric_names(cells, key) for key in _PREFIXED}
   columns = list(_CELL_COLUMNS)
   for key in _PREFIXED:
@@ -179,7 +179,10 @@ def write_hparams(cells: list[dict], folder: str) -> None:
   for cell in cells:
     writer = metric_writers.create_default_writer(
         os.path.join(folder, study_cells.cell_folder(cell['cell'])), just_logging=False)
-    writer.write_hparams({**cell['hparams'], 'group': cell['group'], 'family': cell['family'],
+    # TensorBoard's hparams take strings, numbers and booleans: an unset option (None, e.g.
+    # select.gadc.epsilon_rel) is shown as 'None'.
+    hparams = {k: 'None' if v is None else v for k, v in cell['hparams'].items()}
+    writer.write_hparams({**hparams, 'group': cell['group'], 'family': cell['family'],
                           'budget': cell['budget'], 'seed': cell['seed']})
     writer.write_scalars(0, cell['metrics'])
     writer.close()

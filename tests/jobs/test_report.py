@@ -90,7 +90,8 @@ def _cell(group, family, budget, seed, rng, selection=''):
       'cell': name, 'group': group, 'family': family, 'budget': budget,
       'budget_value': BUDGETS.get(budget, 1.0), 'seed': seed,
       'hparams': {'select.method': group.split('-')[0], 'select.budget': budget,
-                  'train.steps': 600, 'select.gadc.kappa': 1.05},
+                  'train.steps': 600, 'select.gadc.kappa': 1.05,
+                  'select.gadc.epsilon_rel': None},
       'metrics': {'fid_evaluation.train': fid, 'is_evaluation.train': 3 + rng.normal(),
                   'cas': float(rng.uniform(0.5, 0.9))},
       'diagnostics': {'selection.pot_relative_eps': fid / 3 + rng.normal(0, 0.1),
@@ -248,7 +249,7 @@ def test_results_csv_has_a_row_per_cell_and_every_value(built):
     assert row['group'] == cell['group'] and int(row['seed']) == cell['seed']
     for key in ('hparams', 'metrics', 'diagnostics', 'seconds'):
       for name, value in cell[key].items():
-        assert row[f'{key}.{name}'] == str(value)
+        assert row[f'{key}.{name}'] == ('' if value is None else str(value))
 
 
 def test_plots_exist_and_report_md_links_them(built):
@@ -297,7 +298,7 @@ def test_hparams_read_back_from_event_files(built):
     assert scalars == pytest.approx(cell['metrics'])
     assert hparams['group'] == cell['group'] and hparams['seed'] == cell['seed']
     assert hparams['select.method'] == cell['hparams']['select.method']
-    assert hparams['train.steps'] == 600
+    assert hparams['train.steps'] == 600 and hparams['select.gadc.epsilon_rel'] == 'None'
 
 
 def _digest(folder):
