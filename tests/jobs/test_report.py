@@ -355,3 +355,10 @@ def test_bad_input_is_one_line_naming_the_file(tmp_path, tfds_dir):
     report.run(config, workdir)
   assert open(os.path.join(workdir, 'report', 'report.md')).read() == kept
   assert json.load(open(path)) == cells[1]
+
+
+def test_main_reports_a_missing_study_in_one_line(tmp_path):
+  from tests.test_main import error_line, run_main  # pylint: disable=g-import-not-at-top
+  result = run_main('--config.job=report', workdir=str(tmp_path))
+  assert result.returncode == 2
+  assert error_line(result) == f'error: {tmp_path}/study.json does not exist'
