@@ -80,8 +80,8 @@ def bars_at_budget(study: study_cells.Study, metric: str, budget: str, confidenc
   ax.bar(range(len(groups)), means, yerr=halves, capsize=3, color=colors)
   ax.set_xticks(range(len(groups)), groups, rotation=45, ha='right', fontsize=8)
   ax.set_ylabel(metric)
-  ax.set_title(f'{metric} at budget {budget} ({study_report.direction(study.lower_is_better(metric))})',
-               fontsize=9)
+  better = study_report.direction(study.lower_is_better(metric))
+  ax.set_title(f'{metric} at budget {budget} ({better})', fontsize=9)
   ax.grid(axis='y', alpha=0.3)
   _save(fig, path)
 

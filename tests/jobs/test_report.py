@@ -16,6 +16,7 @@ from PIL import Image
 import pytest
 from scipy import stats
 import tensorflow as tf
+from tensorboard.plugins.hparams import plugin_data_pb2
 
 from gadc_jax import artifacts
 from gadc_jax import defaults
@@ -289,7 +290,6 @@ def test_hparams_read_back_from_event_files(built):
     for event in tf.compat.v1.train.summary_iterator(path):
       for value in event.summary.value:
         if value.tag == '_hparams_/session_start_info':
-          from tensorboard.plugins.hparams import plugin_data_pb2  # pylint: disable=g-import-not-at-top
           data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
           hparams = {k: (v.string_value or v.number_value)
                      for k, v in data.session_start_info.hparams.items()}
@@ -328,7 +328,8 @@ def test_rebuild_regenerates_and_leaves_the_cells_alone(built):
 def test_bad_input_is_one_line_naming_the_file(tmp_path, tfds_dir):
   config = _config(tfds_dir)
   workdir = str(tmp_path)
-  with pytest.raises(FileNotFoundError, match=re.escape(f'{workdir}/study.json does not exist')):
+  missing = re.escape(f'{workdir}/study.json does not exist')
+  with pytest.raises(FileNotFoundError, match=missing):
     report.run(config, workdir)
   artifacts.atomic_write_json(study_cells.study_path(workdir), {'cells': []})
   with pytest.raises(ValueError, match='no cells in'):
