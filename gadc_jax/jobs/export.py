@@ -80,8 +80,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
   if selected.record['inputs']['dataset'] != [info.dataset, info.version, info.split]:
     raise ValueError(f'{folder} selects from {selected.record["inputs"]["dataset"]}, not from '
                      f'config.data {[info.dataset, info.version, info.split]}')
-  out = (layout.resolve(workdir, cfg.dir) if cfg.dir
-         else os.path.join(workdir, 'exports', cfg.selection.replace('/', 'per')))
+  out = layout.resolve(workdir, cfg.dir) if cfg.dir else layout.export_dir(workdir, cfg.selection)
   sources = _link_sources(config, selected, cfg.mode)
   paths = selection_export.relative_paths(selected.ids, selected.labels, info.class_names,
                                           sources)

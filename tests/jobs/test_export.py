@@ -1,4 +1,4 @@
-"""The export job: a digits selection (a random select run) as PNG files, a CSV and a split
+"""The export job: a digits selection (the select job's format) as PNG files, a CSV and a split
 that tfds.folder_dataset.ImageFolder reads back; links into an image-folder dataset; reruns
 and refusals."""
 
@@ -16,7 +16,6 @@ from gadc_jax import defaults
 from gadc_jax import study_cells
 from gadc_jax.data import input_pipeline
 from gadc_jax.jobs import export
-from gadc_jax.jobs import select as select_job
 from tests.conftest import digits_config
 
 
@@ -28,16 +27,36 @@ def _export_config(config, selection, **options):
   return config
 
 
+def write_selection(workdir, name, data_cfg, positions, ids, labels):
+  """A finished selection in the select job's format (selection.npz, selection.json) of
+  the train split's images at `positions`, labels `labels` [n] (class-sorted)."""
+  info = input_pipeline.split_info(data_cfg, 'train')
+  folder = os.path.join(workdir, 'selections', name)
+  os.makedirs(folder)
+  counts = np.bincount(labels, minlength=info.num_classes)
+  artifacts.atomic_write_npz(
+      os.path.join(folder, 'selection.npz'), offsets=np.concatenate([[0], np.cumsum(counts)]),
+      indices=np.zeros(len(positions), np.int64), positions=np.asarray(positions),
+      ids=np.asarray(ids).astype(str), labels=np.asarray(labels, np.int32))
+  artifacts.atomic_write_json(os.path.join(folder, 'selection.json'), {
+      'fingerprint': artifacts.fingerprint({'positions': np.asarray(positions).tolist()}),
+      'config': {'split': 'train'},
+      'inputs': {'dataset': [info.dataset, info.version, 'train']},
+      'artifacts': artifacts.describe_files(folder, ['selection.npz'])})
+
+
 @pytest.fixture(scope='module')
-def selected(digits_workdir):
+def selected(tmp_path_factory, tfds_dir):
   """(config, workdir, name) of a random 3/class selection of digits' train split."""
-  config, workdir = digits_workdir
-  config = config.copy_and_resolve_references()
-  config.select.method = 'random'
-  config.select.budget = '3/class'
-  config.select.name = 'export-random'
-  select_job.run(config, workdir)
-  return config, workdir, 'export-random'
+  config = digits_config(tfds_dir)
+  workdir = str(tmp_path_factory.mktemp('export'))
+  split = input_pipeline.load_split_arrays(config.data, 'train')
+  rng = np.random.default_rng(0)
+  positions = np.concatenate([rng.choice(np.flatnonzero(split['label'] == c), 3, replace=False)
+                              for c in range(10)])
+  write_selection(workdir, 'digits-random', config.data, positions,
+                  split['id'][positions], split['label'][positions])
+  return config, workdir, 'digits-random'
 
 
 def _read_back(folder):
@@ -103,9 +122,9 @@ def test_rerun_skips_and_other_inputs_are_refused(selected):
 
 def test_a_cell_names_its_selection(selected):
   config, workdir, name = selected
-  artifacts.atomic_write_json(study_cells.cell_path(workdir, 'random-3perclass-seed0'),
+  artifacts.atomic_write_json(study_cells.cell_path(workdir, 'random-3/class-seed0'),
                               {'cell': 'random-3/class-seed0', 'selection': f'selections/{name}'})
-  record = export.run(_export_config(config, 'random-3perclass-seed0', mode='links'), workdir)
+  record = export.run(_export_config(config, 'random-3/class-seed0', mode='links'), workdir)
   # gadc_digits has no image files to link to: PNG files.
   assert record['inputs']['mode'] == 'files'
   out = os.path.join(workdir, 'exports', 'random-3perclass-seed0')
@@ -129,20 +148,9 @@ def test_links_into_an_image_folder_dataset(tmp_path, tfds_dir):
           root / class_name / 'sub' / f'img{k}.png')
   config = config.copy_and_resolve_references()
   config.data.name, config.data.folder = 'folder', str(root)
-  info = input_pipeline.split_info(config.data, 'train')
-  # A hand-made selection (the select job's format): images 0, 2 of cat and 4 of dog.
-  positions = np.asarray([0, 2, 4])
-  folder = os.path.join(workdir, 'selections', 'hand')
-  os.makedirs(folder)
-  artifacts.atomic_write_npz(
-      os.path.join(folder, 'selection.npz'), offsets=np.asarray([0, 2, 3]),
-      indices=np.asarray([0, 2, 1]), positions=positions,
-      ids=np.asarray(['cat/sub/img0.png', 'cat/sub/img2.png', 'dog/sub/img1.png']),
-      labels=np.asarray([0, 0, 1], np.int32))
-  artifacts.atomic_write_json(os.path.join(folder, 'selection.json'), {
-      'fingerprint': 'f', 'config': {'split': 'train'},
-      'inputs': {'dataset': [info.dataset, info.version, 'train']},
-      'artifacts': artifacts.describe_files(folder, ['selection.npz'])})
+  # Images 0, 2 of cat and 4 of dog (ids are paths relative to the root, sorted).
+  write_selection(workdir, 'hand', config.data, [0, 2, 4],
+                  ['cat/sub/img0.png', 'cat/sub/img2.png', 'dog/sub/img1.png'], [0, 0, 1])
   record = export.run(_export_config(config, 'hand', mode='links'), workdir)
   assert record['inputs']['mode'] == 'links'
   out = os.path.join(workdir, 'exports', 'hand')
