@@ -38,6 +38,11 @@ def metric_against_budget(study: study_cells.Study, metric: str, confidence: flo
                           path: str) -> None:
   cells = study.cells
   budgets = study_cells.budgets(cells)
+  measured = [c for c in cells if c['family'] != 'reference']
+  placed = study_cells.groups(measured)
+  # Groups side by side around each budget, so that their error bars do not hide each other
+  # (the whole plot is one column of points when the study has one budget).
+  dodge = 0.01 * max((c['budget_value'] for c in measured), default=0.0)
   fig, ax = plt.subplots(figsize=(6, 4))
   for group in study_cells.groups(cells):
     mine = [c for c in cells if c['group'] == group]
@@ -57,9 +62,12 @@ def metric_against_budget(study: study_cells.Study, metric: str, confidence: flo
       line = ax.axhline(mean[0], ls='--', lw=1, color='k', label=f'{group} (reference)')
       ax.axhspan(mean[0] - half[0], mean[0] + half[0], color=line.get_color(), alpha=0.1)
       continue
-    (line,) = ax.plot(x, mean, marker='o', ls='--' if mine[0]['family'] == 'ablation' else '-',
-                      label=group)
+    x = x + (placed.index(group) - (len(placed) - 1) / 2) * dodge
+    line = ax.errorbar(x, mean, yerr=half, marker='o', capsize=3, label=group,
+                       ls='--' if mine[0]['family'] == 'ablation' else '-').lines[0]
     ax.fill_between(x, mean - half, mean + half, color=line.get_color(), alpha=0.2)
+  ticks = {c['budget_value']: c['budget'] for c in measured}
+  ax.set_xticks(list(ticks), list(ticks.values()))
   ax.set_xlabel('budget')
   ax.set_ylabel(metric)
   ax.set_title(f'{metric} ({study_report.direction(study.lower_is_better(metric))}), '
