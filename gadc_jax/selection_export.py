@@ -68,6 +68,9 @@ def load_selection(folder: str) -> Selected:
     raise FileNotFoundError(f'{path} does not exist: the selection is not finished; run the '
                             'select job')
   record = artifacts.read_json(path)
+  if 'selection.npz' not in record.get('artifacts', {}):
+    raise ValueError(f'{path} records no checksum of selection.npz (an older version wrote '
+                     'it); run the select job again')
   artifacts.verify_files(folder, {'selection.npz': record['artifacts']['selection.npz']},
                          f'selection {folder}')
   with np.load(os.path.join(folder, 'selection.npz')) as npz:

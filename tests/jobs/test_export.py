@@ -161,3 +161,18 @@ def test_links_into_an_image_folder_dataset(tmp_path, tfds_dir):
   for name, (class_name, image) in found.items():
     original = np.asarray(Image.open(root / class_name / 'sub' / name.split('_', 2)[2]))
     np.testing.assert_array_equal(image, original)
+
+
+def test_a_damaged_selection_is_refused(selected):
+  config, workdir, name = selected
+  npz = os.path.join(workdir, 'selections', name, 'selection.npz')
+  saved = open(npz, 'rb').read()
+  with open(npz, 'ab') as f:
+    f.write(b'x')
+  try:
+    with pytest.raises(ValueError, match=re.escape(f'{npz} has {len(saved) + 1} bytes')):
+      export.run(_export_config(config, name, dir='damaged'), workdir)
+  finally:
+    with open(npz, 'wb') as f:
+      f.write(saved)
+  assert not os.path.exists(os.path.join(workdir, 'damaged'))
