@@ -68,6 +68,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.evaluate.networks = ('evaluation',)
   config.evaluate.reference = 'split:train'
 
+  # The report job (a study's tables and plots) and the export job (a selection as files).
+  config.report = defaults.report()
+  config.export = defaults.export()
+
   if args.smoke:
     config.classifier.steps = 20
     config.classifier.log_every = config.classifier.checkpoint_every = 10

@@ -114,6 +114,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.evaluate.reference = ''  # the ADM reference batch .npz (VIRTUAL_imagenet256).
   config.evaluate.metrics = ('fid', 'sfid', 'is', 'precision', 'recall', 'kid')
 
+  # The report job (a study's tables and plots) and the export job (a selection as files).
+  config.report = defaults.report()
+  config.export = defaults.export()
+
   if args.smoke:
     config.train.model = 'DiT-S/2' if dit else 'SiT-S/2'
     config.train.model_overrides = ml_collections.ConfigDict(

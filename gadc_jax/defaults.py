@@ -13,6 +13,8 @@ function returns a fresh ConfigDict for one section of the experiment config:
     config.train            train()            the train job (DiT / SiT)
     config.sample           sample()           the sample job
     config.evaluate         evaluate()         the evaluate job
+    config.report           report()           the report job (a study's tables and plots)
+    config.export           export()           the export job (a selection as image files)
 
 The libraries read these fields; their meaning is documented here, once.
 """
@@ -336,4 +338,29 @@ def evaluate() -> ml_collections.ConfigDict:
       # (x - 128) / 128), and its FID / sFID use the file's statistics (pool_3 / mixed_6 of
       # the whole dataset) where present. Other networks use arr_0 as any images.
       'adm_stats_network': 'inception',
+  })
+
+
+def report() -> ml_collections.ConfigDict:
+  """config.report: the report job, rebuilding ROOT/report/ from a study's cells."""
+  return ml_collections.ConfigDict({
+      'root': '',              # folder of study.json and cells/; '' = the workdir.
+      'metrics': (),           # metric keys in the tables and plots; () = every one found.
+      'confidence': 0.95,      # of the Student t intervals over seeds.
+      'fid_metric': 'fid_evaluation.train',  # what the diagnostics are plotted against.
+      'grid_classes': 4,       # selections plot: the first classes, a row each,
+      'grid_per_class': 8,     # and the first images of each.
+  })
+
+
+def export() -> ml_collections.ConfigDict:
+  """config.export: the export job, a selection as an image folder any codebase reads."""
+  return ml_collections.ConfigDict({
+      # A folder of WORKDIR/selections, or a cell of WORKDIR/cells (its selection).
+      'selection': '',
+      # 'files': PNGs of the images as the pipeline reads them (data.image_size); 'links':
+      # symbolic links to the original files of an image-folder dataset (data.name
+      # 'folder'; other datasets have no files to point at, so they get 'files').
+      'mode': 'files',
+      'dir': '',               # output folder; '' = WORKDIR/exports/SELECTION.
   })

@@ -11,6 +11,7 @@
     WORKDIR/samples/RUN/                    sample
     WORKDIR/eval/RUN.json, eval/RUN/        evaluate
     WORKDIR/eval_cache/                     evaluate (reference embeddings)
+    WORKDIR/exports/NAME/                   export (a selection or a cell's, as image files)
 
 A job finds the artifacts of the jobs before it through these names, never through another
 job's module.
@@ -100,6 +101,11 @@ def eval_path(workdir: str, name: str) -> str:
 
 def eval_cache_dir(workdir: str) -> str:
   return os.path.join(workdir, 'eval_cache')
+
+
+def export_dir(workdir: str, name: str) -> str:
+  """The export of selection or cell `name` ('/' written 'per', as in cell folders)."""
+  return os.path.join(workdir, 'exports', name.replace('/', 'per'))
 
 
 def resolve(workdir: str, path: str) -> str:
