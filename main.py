@@ -32,6 +32,13 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for every artifact of
 _MULTIHOST = flags.DEFINE_bool(
     'multihost', False, 'Call jax.distributed.initialize() (set by the launch/ scripts on '
     'TPU pods and SLURM, where jax finds the coordinator from the environment).')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None, 'With --multihost where jax detects no cluster (several '
+    'processes on one machine): host:port of process 0.')
+_NUM_PROCESSES = flags.DEFINE_integer(
+    'num_processes', None, 'With --coordinator_address: how many processes take part.')
+_PROCESS_ID = flags.DEFINE_integer(
+    'process_id', None, 'With --coordinator_address: this process\'s index, from 0.')
 _TRACEBACK = flags.DEFINE_bool(
     'traceback', False, 'Let errors raise with their stack instead of the one-line message.')
 
@@ -109,7 +116,7 @@ def main(argv: list[str]) -> None:
   logging.get_absl_handler().addFilter(_QuietLibraries())
   host.configure_cpu_runtime()
   if _MULTIHOST.value:
-    jax.distributed.initialize()
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   logging.info('host %d of %d; %d local / %d global devices: %s', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.devices()[0].device_kind)

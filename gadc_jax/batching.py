@@ -9,6 +9,7 @@ outputs again.
 from typing import Any, Callable
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
 PyTree = Any
@@ -17,6 +18,14 @@ PyTree = Any
 def round_up(n: int, multiple: int) -> int:
   """The smallest multiple of `multiple` that is >= n."""
   return -(-n // multiple) * multiple
+
+
+def to_host(x: jax.Array | np.ndarray) -> np.ndarray:
+  """x as a numpy array on this host, gathered from every process when x spans devices of
+  others (a batch sharded over a multi-host mesh); every process must call it then."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
 
 
 def pad_rows(tree: PyTree, size: int) -> PyTree:

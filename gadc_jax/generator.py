@@ -15,6 +15,7 @@ import ml_collections
 import numpy as np
 
 from gadc_jax import artifacts
+from gadc_jax import batching
 from gadc_jax import layout
 from gadc_jax import validation
 from gadc_jax.diffusion import gaussian
@@ -271,5 +272,5 @@ def generate(train_cfg, model, params, labels, key: jax.Array,
   if train_cfg.space == 'latent':
     vae_model, vae_params = vae
     x = vae_model.apply(vae_params, x / train_cfg.vae.scale, method='decode')
-  return np.asarray(jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255), np.uint8)
+  return batching.to_host(jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255).astype(jnp.uint8))
 

@@ -21,8 +21,10 @@ The data config (`config.data`, see `gadc_jax.defaults.data`) has the fields
 import hashlib
 import os
 import re
+import time
 from typing import Any, Callable, Iterator, NamedTuple, Optional
 
+from absl import logging
 import jax
 import ml_collections
 import numpy as np
@@ -145,6 +147,8 @@ def _tfds_builder(data_cfg: ml_collections.ConfigDict) -> tfds.core.DatasetBuild
         f'another TFDS name, or folder (with data.folder)') from None
   if builder.is_prepared():
     return builder
+  if jax.process_index() != 0:
+    return _prepared_by_process_zero(name, data_dir)
   # Where it looked, e.g. ~/tensorflow_datasets/imagenet2012/5.1.0.
   where = os.fspath(builder.data_dir)
   download_config = tfds.download.DownloadConfig(try_download_gcs=False)
@@ -165,6 +169,25 @@ def _tfds_builder(data_cfg: ml_collections.ConfigDict) -> tfds.core.DatasetBuild
         f'and prepare it, or --config.data.data_dir to where it is prepared')
   builder.download_and_prepare(download_config=download_config)
   return builder
+
+
+# How long other processes wait for process 0 to prepare a dataset (ImageNet takes hours).
+PREPARE_TIMEOUT_S = 6 * 3600
+
+
+def _prepared_by_process_zero(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
+  """The builder once process 0 has prepared it: processes preparing one data_dir at once
+  would race for its final folder. A wait, not a collective: process 0 may build it inside
+  any job, and a collective would need every process to ask at the same point."""
+  deadline = time.monotonic() + PREPARE_TIMEOUT_S
+  logging.info('waiting for process 0 to prepare %s', name)
+  while time.monotonic() < deadline:
+    builder = tfds.builder(name, data_dir=data_dir)
+    if builder.is_prepared():
+      return builder
+    time.sleep(2.0)
+  raise TimeoutError(f'{name} was not prepared by process 0 in {os.fspath(builder.data_dir)} '
+                     f'within {PREPARE_TIMEOUT_S} s; see process 0\'s log')
 
 
 def _list_folder(root: str) -> _Folder:

@@ -57,8 +57,9 @@ def _predict(params, images, *, model):
 
 def accuracy(model, params, images: np.ndarray, labels: np.ndarray, batch_size=1024) -> float:
   correct = 0
+  placed = jax.tree.leaves(params)[0].sharding  # the images go where the params are.
   for i in range(0, len(labels), batch_size):
-    pred = _predict(params, images[i:i + batch_size], model=model)
+    pred = _predict(params, jax.device_put(images[i:i + batch_size], placed), model=model)
     correct += int(np.sum(np.asarray(pred) == labels[i:i + batch_size]))
   return correct / len(labels)
 
@@ -122,7 +123,9 @@ def _train(config: ml_collections.ConfigDict, name: str, out: str) -> dict:
   info = input_pipeline.split_info(config.data, cfg.train_split)
   model = encoders.build(net_cfg.arch, info.num_classes, **networks.module_kwargs(net_cfg))
   tx = train_state.optimizer(cfg.learning_rate, cfg.weight_decay)
-  state = _init_state(model, tx, net_cfg.seed, info.image_shape)
+  # Every process trains the same network on the same batches, on one device each.
+  replicated = train_state.replicated_per_process()
+  state = jax.device_put(_init_state(model, tx, net_cfg.seed, info.image_shape), replicated)
 
   ckpt = checkpoints.Checkpointer(os.path.join(out, 'checkpoints'), keep=1)
   if ckpt.latest_step is not None:
@@ -134,7 +137,8 @@ def _train(config: ml_collections.ConfigDict, name: str, out: str) -> dict:
   num = len(train['label'])
   for step in range(int(state['step']), cfg.steps):
     idx = train_state.batch_indices(key, step, num, cfg.batch_size)
-    state, loss = train_step(state, train['image'][idx], train['label'][idx], model=model, tx=tx)
+    images, labels = jax.device_put((train['image'][idx], train['label'][idx]), replicated)
+    state, loss = train_step(state, images, labels, model=model, tx=tx)
     if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
       writer.write_scalars(step + 1, {'train_loss': float(loss)})
     stop = preemption.stop_agreed()

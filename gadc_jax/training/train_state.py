@@ -63,6 +63,17 @@ def make_mesh(fsdp: int = 1) -> jax.sharding.Mesh:
   return jax.sharding.Mesh(devices.reshape(-1, fsdp), ('data', 'fsdp'))
 
 
+def replicated_per_process() -> jax.sharding.NamedSharding:
+  """A copy on one device of every process: for small models each process trains alike on
+  the same batches (the classifiers), whose state must still be one global array per leaf
+  for checkpoints of several processes."""
+  first = {}
+  for device in jax.devices():
+    first.setdefault(device.process_index, device)
+  mesh = jax.sharding.Mesh(np.array([first[p] for p in sorted(first)]), ('process',))
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
 def param_sharding(mesh: jax.sharding.Mesh, tree: PyTree,
                    min_size: int = 2 ** 18) -> PyTree:
   """Shardings for a pytree: large leaves split over "fsdp" on their largest divisible axis."""
