@@ -51,6 +51,7 @@ def test_massless_rows_are_left_out():
   assert float(eps_rel) == pytest.approx(epsilon, rel=1e-12)
 
 
+@pytest.mark.slow  # the unrolled Sinkhorn's gradient compiles slowly on the 2-core CPU.
 def test_current_row_gradient_matches_finite_differences():
   earlier, y = _points(4, 5, 6), _points(5, 8, 6)
   current = _points(6, 1, 6)[0]
