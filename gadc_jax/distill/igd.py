@@ -24,8 +24,10 @@ LogitsFn = Callable[[object, jax.Array], jax.Array]
 def _cosine(u: jax.Array, v: jax.Array) -> jax.Array:
   """Cosine similarity of the last axes, safe at zero vectors (then 0)."""
   dot = jnp.sum(u * v, axis=-1)
-  norms = jnp.sqrt(jnp.sum(u * u, axis=-1) * jnp.sum(v * v, axis=-1))
-  return dot / jnp.maximum(norms, 1e-12)
+  # Clamped inside the square root: sqrt's derivative at 0 is infinite, and the empty slots
+  # of a memory are zeros (a NaN gradient would leak through any mask applied afterwards).
+  norms = jnp.sqrt(jnp.maximum(jnp.sum(u * u, axis=-1) * jnp.sum(v * v, axis=-1), 1e-24))
+  return dot / norms
 
 
 def deviation(x0: jax.Array, memory: jax.Array, memory_mask: jax.Array) -> jax.Array:

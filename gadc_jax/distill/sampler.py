@@ -46,7 +46,8 @@ class GuidanceSpec:
   window: (start, end) sampler steps, counted from the first (noisiest) one, guided.
   normalize: scale each term's gradient to unit l2 norm per sample before its scale.
   epsilon_rel: the OT term's epsilon relative to the mean l1 cost.
-  sinkhorn_iterations, sinkhorn_threshold: the OT term's Sinkhorn stopping rule.
+  sinkhorn_iterations, sinkhorn_threshold: the OT term's Sinkhorn stopping rule per guided
+    step (warm-started from the previous step's potentials).
   memory: the deviation term compares with at most this many latest earlier samples.
   surrogates: ((flax module, networks.input_spec), ...) of the influence term.
   latent_scale: 0 in pixel space; else the SD-VAE latent scale (the influence term decodes).
@@ -56,7 +57,7 @@ class GuidanceSpec:
   window: tuple[int, int] = (0, 0)
   normalize: bool = True
   epsilon_rel: float = 0.05
-  sinkhorn_iterations: int = 50
+  sinkhorn_iterations: int = 20
   sinkhorn_threshold: float = 1e-3
   memory: int = 64
   surrogates: tuple[tuple[Any, tuple[int, bool]], ...] = ()
@@ -100,9 +101,20 @@ def _to_pixels(spec: GuidanceSpec, vae_params, x0: jax.Array) -> jax.Array:
   return spec.vae.apply(vae_params, x0[None] / spec.latent_scale, method='decode')[0]
 
 
+def initial_potentials(spec: GuidanceSpec, context: GuidanceContext):
+  """The OT term's Sinkhorn potentials before the first guided step: (f [C, K + 1],
+  g [C, R]) zeros, or () without the OT term."""
+  if 'ot' not in spec.terms:
+    return ()
+  batch, slots = context.earlier.shape[:2]
+  return (jnp.zeros((batch, slots + 1)), jnp.zeros(context.real.shape[:2]))
+
+
 def term_gradients(spec: GuidanceSpec, context: GuidanceContext, x0: jax.Array,
-                   labels: jax.Array) -> dict[str, jax.Array]:
-  """{term: [C, d]} the gradient of each active term with respect to x0_hat [C, h, w, c]."""
+                   labels: jax.Array, potentials=()):
+  """({term: [C, d]} the gradient of each active term with respect to x0_hat [C, h, w, c],
+  the OT term's potentials): the OT solve starts from `potentials` (the previous guided
+  step's, see `initial_potentials`), so that few Sinkhorn iterations a step suffice."""
   batch = x0.shape[0]
   flat = x0.reshape(batch, -1)
   earlier = context.earlier.reshape(batch, context.earlier.shape[1], -1)
@@ -123,30 +135,34 @@ def term_gradients(spec: GuidanceSpec, context: GuidanceContext, x0: jax.Array,
     grads['deviation'] = jax.vmap(jax.grad(igd.deviation), (0, 0, None))(flat, earlier,
                                                                           recent)
   if 'ot' in spec.terms:
-    def ot_of(rows, current, real):
-      _, grad, _ = ot_guidance.current_row_gradient(
+    def ot_of(rows, current, real, f, g):
+      # Massless rows come back with f = -inf; their potential is recomputed regardless.
+      init = (jnp.where(jnp.isfinite(f), f, 0.0), g)
+      _, grad, (f, g) = ot_guidance.current_row_gradient(
           rows, made, current, real, spec.epsilon_rel, threshold=spec.sinkhorn_threshold,
-          max_iterations=spec.sinkhorn_iterations)
-      return grad
-    grads['ot'] = jax.vmap(ot_of)(earlier, flat, context.real)
-  return grads
+          max_iterations=spec.sinkhorn_iterations, init=init)
+      return grad, f, g
+    grads['ot'], *potentials = jax.vmap(ot_of)(earlier, flat, context.real, *potentials)
+  return grads, tuple(potentials)
 
 
 def guidance_update(spec: GuidanceSpec, context: GuidanceContext,
                     diffusion: gaussian.GaussianDiffusion, x0: jax.Array, t: jax.Array,
-                    labels: jax.Array, clipped: bool) -> jax.Array:
-  """sum_term scale * grad_{z_t} G_term, like x0 [C, h, w, c] (what a step subtracts)."""
+                    labels: jax.Array, clipped: bool, potentials=()):
+  """(sum_term scale * grad_{z_t} G_term like x0 [C, h, w, c] (what a step subtracts), the
+  OT term's potentials after this step)."""
   abar = diffusion.alphas_cumprod[t[0]]
   # dx0_hat / dz_t with eps fixed: 1 / sqrt(abar), 0 where the prediction was clipped.
   chain = jnp.sqrt(1.0 / abar) * (jnp.abs(x0) < 1.0 if clipped else 1.0)
   chain = jnp.broadcast_to(chain, x0.shape).reshape(x0.shape[0], -1)
   total = jnp.zeros_like(chain)
-  for term, grad in term_gradients(spec, context, x0, labels).items():
+  grads, potentials = term_gradients(spec, context, x0, labels, potentials)
+  for term, grad in grads.items():
     grad = grad * chain
     if spec.normalize:
       grad = grad / jnp.maximum(jnp.linalg.norm(grad, axis=-1, keepdims=True), 1e-12)
     total = total + context.scales[term] * grad
-  return total.reshape(x0.shape)
+  return total.reshape(x0.shape), potentials
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'method', 'steps', 'cfg_scale',
@@ -168,20 +184,23 @@ def sample_next(params, labels: jax.Array, key: jax.Array, context: GuidanceCont
   x_init = jax.random.normal(k_init, labels.shape + context.earlier.shape[2:])
   start, end = spec.window
 
-  def step(x, t, noise):
+  def step(carry, t, noise):
+    x, potentials = carry
     out = diffusion.p_mean_variance(model_fn, x, t, pixel)
     if method == 'ddpm':
       x_next = diffusion.p_sample_step(out, t, noise)
     else:
       x_next = diffusion.ddim_step(out, x, t, noise)
     if not spec.terms:
-      return x_next
+      return x_next, potentials
     index = diffusion.num_timesteps - 1 - t[0]  # sampler step, 0 the noisiest.
-    update = jax.lax.cond(
+    update, potentials = jax.lax.cond(
         (index >= start) & (index < end),
         lambda: guidance_update(spec, context, diffusion, out['pred_xstart'], t, labels,
-                                pixel),
-        lambda: jnp.zeros_like(x))
-    return x_next - update
+                                pixel, potentials),
+        lambda: (jnp.zeros_like(x), potentials))
+    return x_next - update, potentials
 
-  return diffusion.reverse_scan(step, x_init, k_loop, x_init.shape, x_init.dtype)
+  x, _ = diffusion.reverse_scan(step, (x_init, initial_potentials(spec, context)), k_loop,
+                                x_init.shape, x_init.dtype)
+  return x

@@ -42,7 +42,9 @@ def _setup():
                               surrogates=((surrogate, net_spec),))
   context = sampler.GuidanceContext(
       scales={t: jnp.float32(0.0) for t in sampler.TERMS},
-      earlier=jnp.asarray(rng.uniform(-1, 1, (NUM_CLASSES, IPC) + SHAPE), jnp.float32),
+      # Two samples made, the other slots empty (zeros), as the job hands them over.
+      earlier=jnp.asarray(rng.uniform(-1, 1, (NUM_CLASSES, IPC) + SHAPE)
+                          * (np.arange(IPC) < 2)[:, None, None, None], jnp.float32),
       count=jnp.int32(2), real=jnp.asarray(real.reshape(NUM_CLASSES, 5, -1)),
       surrogate_params=(net_params,), real_gradients=(real_grads,))
   return model, params, spec, context
@@ -90,3 +92,7 @@ def test_descending_deviation_moves_away_from_the_nearest_sample():
   # An empty memory: nothing to deviate from, no push.
   assert float(igd.deviation(x, memory, jnp.zeros(6, bool))) == 0.0
   np.testing.assert_array_equal(np.asarray(grad(x, memory, jnp.zeros(6, bool))), 0.0)
+  # Empty slots are zeros: masked, they leave the gradient finite and unchanged.
+  padded = memory.at[4].set(0.0)
+  np.testing.assert_allclose(np.asarray(grad(x, padded, mask)), np.asarray(grad(x, memory, mask)),
+                             rtol=1e-6)
