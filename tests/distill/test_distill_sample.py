@@ -98,6 +98,7 @@ def test_writes_the_distilled_set_then_skips_and_resumes(trained, monkeypatch):
   assert os.path.exists(layout.distilled_file(workdir, name))
 
 
+@pytest.mark.slow  # the module's fixture trains a DiT.
 def test_refuses_a_generator_of_another_class_count(trained, monkeypatch):
   config, workdir = trained
   info = input_pipeline.split_info(config.data, 'train')
