@@ -15,6 +15,7 @@ function returns a fresh ConfigDict for one section of the experiment config:
     config.evaluate         evaluate()         the evaluate job
     config.report           report()           the report job (a study's tables and plots)
     config.export           export()           the export job (a selection as image files)
+    config.distill_sample   distill_sample()   OT-guided sampling of a distilled set (OTG)
 
 The libraries read these fields; their meaning is documented here, once.
 """
@@ -363,4 +364,47 @@ def export() -> ml_collections.ConfigDict:
       # 'folder'; other datasets have no files to point at, so they get 'files').
       'mode': 'files',
       'dir': '',               # output folder; '' = WORKDIR/exports/SELECTION.
+  })
+
+
+def distill_sample() -> ml_collections.ConfigDict:
+  """config.distill_sample: IPC images per class from the train run config.train names,
+  guided by IGD's influence and deviation terms and the OT term (shared/SPEC_DISTILL.md;
+  gadc_jax.distill.sampler). Values the paper does not publish are this project's choices,
+  not tuned."""
+  return ml_collections.ConfigDict({
+      'name': '',              # output folder; '' = GUIDANCE-ipcIPC-seedSEED.
+      'ipc': 10,               # images per class.
+      'seed': 0,
+      # Batch limits. The sampler holds each class's earlier samples in a buffer of IPC
+      # slots that every guided step reads (deviation, OT): an IPC above max_ipc is refused
+      # before any work. class_batch: classes sampled together in one call (0 = all).
+      'max_ipc': 100,
+      'class_batch': 0,
+      # IGD's sampler: DDPM, 50 steps, CFG 4.0.
+      'sampler': ml_collections.ConfigDict({'method': 'ddpm', 'steps': 50, 'cfg_scale': 4.0,
+                                            'guided_channels': 0}),
+      # Guided sampler steps [start, end), counted from the first (noisiest): IGD's [30, 45]
+      # of 50.
+      'window': (30, 45),
+      # rho (influence), gamma (deviation), beta_1 (OT); 0 turns a term off. With
+      # `normalize` each is a step length in model space (l2 per sample).
+      'scales': ml_collections.ConfigDict({'influence': 0.1, 'deviation': 0.1, 'ot': 0.1}),
+      'normalize': True,
+      'ot': ml_collections.ConfigDict({
+          'epsilon_rel': 0.05,   # epsilon relative to the mean l1 cost of the set.
+          'num_real': 100,       # R real samples of the class (at most the class's size).
+          # Gradient through x0_hat with the model's eps held fixed (the cheap form); the
+          # form through the model is not implemented.
+          'stop_gradient': True,
+          'sinkhorn_iterations': 20,  # per guided step, warm-started from the last.
+          'sinkhorn_threshold': 1e-3,
+      }),
+      'deviation': ml_collections.ConfigDict({'memory': 64}),  # latest earlier samples.
+      # The influence term's surrogates: names of config.networks (each trained by
+      # train_classifier, or a converted checkpoint); IGD's several checkpoints of one
+      # ConvNet are here several seeds of it. num_real: real images per class of the mean
+      # real gradient (at most the class's size).
+      'surrogate': ml_collections.ConfigDict({'networks': ('selection',), 'num_real': 200}),
+      'real_split': 'train',   # where the real samples of both terms come from.
   })

@@ -12,6 +12,7 @@
     WORKDIR/eval/RUN.json, eval/RUN/        evaluate
     WORKDIR/eval_cache/                     evaluate (reference embeddings)
     WORKDIR/exports/NAME/                   export (a selection or a cell's, as image files)
+    WORKDIR/distilled/NAME/                 distill_sample
 
 A job finds the artifacts of the jobs before it through these names, never through another
 job's module.
@@ -106,6 +107,28 @@ def eval_cache_dir(workdir: str) -> str:
 def export_dir(workdir: str, name: str) -> str:
   """The export of selection or cell `name` ('/' written 'per', as in cell folders)."""
   return os.path.join(workdir, 'exports', name.replace('/', 'per'))
+
+
+def guidance_tag(scales) -> str:
+  """'plain', 'igd', 'igd+otg' or 'otg': which guidance terms config.distill_sample.scales
+  turns on (IGD's influence or deviation; the OT term)."""
+  terms = [tag for tag, on in (('igd', scales.influence > 0 or scales.deviation > 0),
+                               ('otg', scales.ot > 0)) if on]
+  return '+'.join(terms) or 'plain'
+
+
+def distilled_name(cfg) -> str:
+  """config.distill_sample's folder name: GUIDANCE-ipcIPC-seedSEED unless its name is set."""
+  return cfg.name or f'{guidance_tag(cfg.scales)}-ipc{cfg.ipc}-seed{cfg.seed}'
+
+
+def distilled_dir(workdir: str, name: str) -> str:
+  return os.path.join(workdir, 'distilled', name)
+
+
+def distilled_file(workdir: str, name: str) -> str:
+  """The distilled set: images uint8 [C*IPC, H, W, C], labels int32 [C*IPC], class-major."""
+  return os.path.join(distilled_dir(workdir, name), 'images.npz')
 
 
 def resolve(workdir: str, path: str) -> str:

@@ -76,7 +76,8 @@ def summary(config: ml_collections.ConfigDict, workdir: str) -> str:
     for space, diag in sel['diagnostics'].items():
       lines.append(f'  [{space}] ' + ', '.join(f'{k} {v:.4g}' for k, v in diag.items()))
     lines.append(f'  grid: {os.path.join(sel_root, name, "grid.png")}')
-  for kind, record_name in (('train', 'train.json'), ('samples', 'samples.json')):
+  for kind, record_name in (('train', 'train.json'), ('samples', 'samples.json'),
+                            ('distilled', 'distilled.json')):
     root = os.path.join(workdir, kind)
     for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
       if os.path.exists(os.path.join(root, name, record_name)):
