@@ -112,6 +112,7 @@ def gadc(encoder: str | None = None) -> ml_collections.ConfigDict:
       # Relative epsilon: epsilon_rel * mean class cost; overrides `epsilon` when set. It is
       # the scale-free choice: the presets' absolute epsilon assumes their encoder's scale.
       'epsilon_rel': ml_collections.config_dict.placeholder(float),
+      'w_pot': 1.0,            # weight of the partial OT term (0: the no-OT ablation).
       'w_mom': 1.0,
       's_mom': 6.0,
       'w_ce': 10.0,
