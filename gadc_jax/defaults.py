@@ -13,6 +13,7 @@ function returns a fresh ConfigDict for one section of the experiment config:
     config.train            train()            the train job (DiT / SiT)
     config.sample           sample()           the sample job
     config.evaluate         evaluate()         the evaluate job
+    config.study            study()            the study job (a grid of cells, CAS)
 
 The libraries read these fields; their meaning is documented here, once.
 """
@@ -334,4 +335,41 @@ def evaluate() -> ml_collections.ConfigDict:
       # (x - 128) / 128), and its FID / sFID use the file's statistics (pool_3 / mixed_6 of
       # the whole dataset) where present. Other networks use arr_0 as any images.
       'adm_stats_network': 'inception',
+  })
+
+
+# GADC's ablations (config.study.ablations): name -> overrides of the config, one term of
+# J(S) (or the refinement, or the partial transport's slack) switched off at a time.
+GADC_ABLATIONS = {
+    'no_ot': {'select': {'gadc': {'w_pot': 0.0}}},
+    'no_moment': {'select': {'gadc': {'w_mom': 0.0}}},
+    'no_ce': {'select': {'gadc': {'w_ce': 0.0}}},
+    'kappa_1': {'select': {'gadc': {'kappa': 1.0}}},
+    'no_refinement': {'select': {'gadc': {'rounds': 0}}},
+}
+
+
+def study() -> ml_collections.ConfigDict:
+  """config.study: the study job's grid (gadc_jax.study) and its per-cell metrics."""
+  return ml_collections.ConfigDict({
+      'methods': ('random', 'gadc'),
+      'budgets': ('10%',),
+      'seeds': (0, 1, 2),
+      # name -> nested overrides of the config (GADC_ABLATIONS' form); each runs GADC.
+      'ablations': ml_collections.ConfigDict(GADC_ABLATIONS),
+      'full_reference': True,  # one cell trained on the whole split.
+      # Every cell's samples are evaluated against each of these references (name ->
+      # config.evaluate.reference); metric keys end in .NAME (e.g. fid_evaluation.test).
+      'references': ml_collections.ConfigDict({'train': 'split:train', 'test': 'split:test'}),
+      'baseline_group': 'random',  # what the report compares the other rows against.
+      # CAS: a classifier of this network's arch and seed trained on the cell's samples,
+      # scored by its top-1 accuracy on the real `split`.
+      'cas': ml_collections.ConfigDict({
+          'network': 'evaluation',
+          'split': 'test',
+          'steps': 600,
+          'batch_size': 128,
+          'learning_rate': 3e-3,
+          'weight_decay': 1e-4,
+      }),
   })

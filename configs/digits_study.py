@@ -1,0 +1,48 @@
+"""The study on the embedded digits: which 10% of the train split trains the better DiT.
+
+    python main.py --config=configs/digits_study.py --workdir=workdir/digits-study
+    python main.py --config=configs/digits_study.py:smoke=True --workdir=workdir/study-smoke
+
+The grid: methods random, herding, kcenter, ccs, dq, d2c and gadc, and GADC's five ablations
+(no OT term, no moment term, no CE term, kappa = 1, no refinement), each at 10% with seeds
+0, 1, 2, plus the full-data reference: 37 cells. Every cell trains the digits DiT of
+configs/digits.py on its selection, samples it, evaluates the samples in the evaluation
+network's space against the train and the test split, and scores them by CAS.
+
+The cell is calibrated to keep the whole study under 45 minutes on a 2-core CPU (see
+`_CELL`); the shared stages are configs/digits.py's.
+
+Arguments (`:name=value,...`): smoke=True: methods random and gadc, seeds 0 and 1, no
+ablations, the full reference, at configs/digits.py's smoke sizes (seconds per cell).
+"""
+
+import os
+import runpy
+
+import ml_collections
+
+from gadc_jax import defaults
+
+_DIGITS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'digits.py')
+
+# The calibrated cell (measured on the 2-core CPU: see the README's study section).
+_CELL = {'train_steps': 2000, 'num_samples': 1000, 'sampler_steps': 100}
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  args = defaults.parse_args(arg, smoke=False)
+  config = runpy.run_path(_DIGITS)['get_config'](f'smoke={args.smoke}')
+  config.job = 'study'
+  config.study = defaults.study()
+  config.study.methods = ('random', 'herding', 'kcenter', 'ccs', 'dq', 'd2c', 'gadc')
+  if args.smoke:
+    config.study.methods = ('random', 'gadc')
+    config.study.seeds = (0, 1)
+    config.study.ablations = ml_collections.ConfigDict()
+    config.study.cas.steps = 20
+    config.evaluate.kid_subsets = 10
+  else:
+    config.train.steps = _CELL['train_steps']
+    config.sample.num_samples = _CELL['num_samples']
+    config.sample.sampler.steps = config.train.sampler.steps = _CELL['sampler_steps']
+  return config

@@ -1,0 +1,68 @@
+"""The study job: every cell of config.study's grid (gadc_jax.study), then the report.
+
+    python main.py --config=configs/digits_study.py --workdir=workdir/digits-study
+
+Runs the shared stages once in the workdir (train_classifier, features, and D2C's scorer and
+difficulty scores when a cell's method reads them), then each cell in WORKDIR/cells/CELL/
+(select -> train -> sample -> evaluate against each of config.study.references ->
+CAS), ending with its cell.json. A finished cell is skipped; a cell stopped midway resumes
+through its jobs' own resume. Process i of n (jax.process_index / process_count) runs cells
+i, i + n, ...; process 0 writes WORKDIR/study.json (the command, the config, the grid). The
+job ends with the report job when one is registered.
+
+On SIGTERM the job stops after the cell's stage under way (Preempted); the same command
+resumes it.
+"""
+
+import os
+import shlex
+import sys
+
+from absl import logging
+import jax
+import ml_collections
+
+from gadc_jax import artifacts
+from gadc_jax import difficulty
+from gadc_jax import jobs
+from gadc_jax import preemption
+from gadc_jax import study
+
+
+def _shared_stages(config: ml_collections.ConfigDict, grid) -> list:
+  """The (job, config) runs every cell reads, in order."""
+  runs = [('train_classifier', config), ('features', config)]
+  if any(study.reads_difficulty(study.cell_config(config, cell)) for cell in grid):
+    difficulty.check_config(config)
+    runs += [('train', difficulty.scorer_config(config)), ('difficulty', config)]
+  return runs
+
+
+def write_study_record(config: ml_collections.ConfigDict, workdir: str, grid) -> None:
+  artifacts.atomic_write_json(os.path.join(workdir, 'study.json'), {
+      'command': shlex.join(['python', *sys.argv]),
+      'config': config.to_dict(),
+      'cells': [cell.name for cell in grid],
+      'baseline_group': config.study.baseline_group,
+      'lower_is_better': study.lower_is_better(config),
+  })
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> None:
+  study.check_config(config)
+  grid = study.cells(config)
+  if jax.process_index() == 0:
+    write_study_record(config, workdir, grid)
+  for job, job_config in _shared_stages(config, grid):
+    jobs.run(job, job_config, workdir)
+  preemption.raise_if_agreed('after the shared stages of the study')
+  mine = study.process_share(grid, jax.process_index(), jax.process_count())
+  for i, cell in enumerate(mine):
+    if study.finished(config, workdir, cell) is not None:
+      logging.info('study cell %s already finished; skipping.', cell.name)
+      continue
+    logging.info('study cell %d of %d on this process: %s', i + 1, len(mine), cell.name)
+    study.run_cell(config, workdir, cell)
+    preemption.raise_if_agreed(f'after study cell {cell.name}')
+  if 'report' in jobs.JOBS:
+    jobs.run('report', config, workdir)
