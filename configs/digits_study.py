@@ -26,7 +26,7 @@ from gadc_jax import defaults
 _DIGITS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'digits.py')
 
 # The calibrated cell (measured on the 2-core CPU: see the README's study section).
-_CELL = {'train_steps': 2000, 'num_samples': 1000, 'sampler_steps': 100}
+_CELL = {'train_steps': 600, 'num_samples': 500, 'sampler_steps': 50}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -362,6 +362,8 @@ def study() -> ml_collections.ConfigDict:
       # config.evaluate.reference); metric keys end in .NAME (e.g. fid_evaluation.test).
       'references': ml_collections.ConfigDict({'train': 'split:train', 'test': 'split:test'}),
       'baseline_group': 'random',  # what the report compares the other rows against.
+      # Keep compiled programs in WORKDIR/jax_cache: cells of one shape compile once.
+      'compilation_cache': True,
       # CAS: a classifier of this network's arch and seed trained on the cell's samples,
       # scored by its top-1 accuracy on the real `split`.
       'cas': ml_collections.ConfigDict({

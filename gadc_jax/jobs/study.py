@@ -10,10 +10,16 @@ through its jobs' own resume. Process i of n (jax.process_index / process_count)
 i, i + n, ...; process 0 writes WORKDIR/study.json (the command, the config, the grid). The
 job ends with the report job when one is registered.
 
+Cells of one shape compile the same programs (the train step, the sampler, the networks, a
+method's selection): with config.study.compilation_cache the job keeps XLA's executables in
+WORKDIR/jax_cache (JAX's persistent compilation cache, unless the process already has one),
+so that only the first cell of a shape compiles them.
+
 On SIGTERM the job stops after the cell's stage under way (Preempted); the same command
 resumes it.
 """
 
+import contextlib
 import os
 import shlex
 import sys
@@ -29,7 +35,7 @@ from gadc_jax import preemption
 from gadc_jax import study
 
 
-def _shared_stages(config: ml_collections.ConfigDict, grid) -> list:
+def shared_stages(config: ml_collections.ConfigDict, grid) -> list:
   """The (job, config) runs every cell reads, in order."""
   runs = [('train_classifier', config), ('features', config)]
   if any(study.reads_difficulty(study.cell_config(config, cell)) for cell in grid):
@@ -48,12 +54,33 @@ def write_study_record(config: ml_collections.ConfigDict, workdir: str, grid) ->
   })
 
 
+@contextlib.contextmanager
+def compilation_cache(folder: str):
+  """JAX's persistent compilation cache in `folder` for the block, unless one is set."""
+  if jax.config.jax_compilation_cache_dir:
+    yield
+    return
+  jax.config.update('jax_compilation_cache_dir', folder)
+  try:
+    yield
+  finally:  # later work of this process (another job, a test) is not bound to this workdir.
+    jax.config.update('jax_compilation_cache_dir', None)
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   study.check_config(config)
+  cache = os.path.join(workdir, 'jax_cache') if config.study.compilation_cache else ''
+  with compilation_cache(cache) if cache else contextlib.nullcontext():
+    _run(config, workdir)
+  if 'report' in jobs.JOBS:
+    jobs.run('report', config, workdir)
+
+
+def _run(config: ml_collections.ConfigDict, workdir: str) -> None:
   grid = study.cells(config)
   if jax.process_index() == 0:
     write_study_record(config, workdir, grid)
-  for job, job_config in _shared_stages(config, grid):
+  for job, job_config in shared_stages(config, grid):
     jobs.run(job, job_config, workdir)
   preemption.raise_if_agreed('after the shared stages of the study')
   mine = study.process_share(grid, jax.process_index(), jax.process_count())
@@ -64,5 +91,3 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     logging.info('study cell %d of %d on this process: %s', i + 1, len(mine), cell.name)
     study.run_cell(config, workdir, cell)
     preemption.raise_if_agreed(f'after study cell {cell.name}')
-  if 'report' in jobs.JOBS:
-    jobs.run('report', config, workdir)

@@ -115,3 +115,21 @@ def test_smoke_study_writes_cells_and_resumes_after_a_kill(tmp_path, tfds_dir, m
   config.train.steps += 1
   with pytest.raises(ValueError, match='cell.json: study cell fingerprint mismatch'):
     jobs.run('study', config, workdir)
+
+
+def test_imagenet_study_is_the_papers_grid():
+  get_config = runpy.run_path(os.path.join(REPO, 'configs', 'imagenet_study.py'))['get_config']
+  config = get_config()
+  grid = study.cells(config)
+  assert len(grid) == 5 * 3 * 3 + 5 * 3 * 3 + 1
+  assert {c.budget for c in grid if c.family == 'method'} == {'10/class', '50/class',
+                                                             '100/class'}
+  assert [c.folder for c in grid][0] == 'random-10perclass-seed0'
+  # ADM's reference batch has no default path: the check names the key to set.
+  with pytest.raises(ValueError, match='config.study.references.train is empty'):
+    study.check_config(config)
+  config.study.references.train = '/data/VIRTUAL_imagenet256_labeled.npz'
+  # No ImageNet here: the next check, of CAS's split, names its key and the manual download.
+  with pytest.raises(ValueError, match='config.study.cas.split: imagenet2012 is not prepared'):
+    study.check_config(config)
+  assert len(study.cells(get_config('smoke=True'))) == 2 * 2 + 1
