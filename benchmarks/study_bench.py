@@ -65,7 +65,7 @@ def main() -> None:
       jobs.run(job, job_config, workdir)
     shared_s = time.time() - t0
     for name in names:
-      timed[name] = study.run_cell(config, workdir, by_name[name])['seconds']
+      timed[name] = study_job.run_cell(config, workdir, by_name[name])['seconds']
   mean_total = sum(s['total'] for s in timed.values()) / len(timed)
   per_group = {}
   for name, seconds in timed.items():

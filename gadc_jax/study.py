@@ -1,8 +1,9 @@
 """The study's grid and its cells: which runs it measures, and how one cell runs.
 
 A cell is one measured run: select -> train -> sample -> evaluate (against each reference of
-config.study.references: by default the train and the held-out test split) -> CAS, for one method (or GADC ablation), budget and seed, or the
-full-data reference (train on the whole split). The grid, in order:
+config.study.references: by default the train and the held-out test split) -> CAS, for one
+method (or GADC ablation), budget and seed, or the full-data reference (train on the whole
+split). The grid, in order:
 
     config.study.methods   x config.study.budgets x config.study.seeds   family 'method'
     config.study.ablations x config.study.budgets x config.study.seeds   family 'ablation'
@@ -15,23 +16,19 @@ of the study workdir (classifiers, features, difficulty, eval_cache, and D2C's s
 are relative symbolic links: the existing jobs and `gadc_jax.layout` run there unchanged,
 their own resume and fingerprint checks included, and a cell's folder holds all it made (rm
 it to redo the cell alone). A cell ends by writing cell.json (the format the report reads,
-plus the fingerprint of the cell's inputs); a cell with a cell.json of the same inputs is
-finished.
+plus the fingerprint of the cell's inputs; the study job's run_cell runs it); a cell with a
+cell.json of the same inputs is finished.
 """
 
-import contextlib
 import dataclasses
 import os
-import time
-from typing import Any, Iterator
+from typing import Any
 
-from absl import logging
 import ml_collections
 
 from gadc_jax import artifacts
 from gadc_jax import defaults
 from gadc_jax import difficulty
-from gadc_jax import jobs
 from gadc_jax import layout
 from gadc_jax.evaluation import cas
 from gadc_jax.selection import budget as budget_lib
@@ -220,13 +217,6 @@ def link_shared(config: ml_collections.ConfigDict, workdir: str, cell_cfg, out: 
     _link(scorer, layout.train_dir(out, difficulty.scorer_config(config)))
 
 
-@contextlib.contextmanager
-def _timed(seconds: dict[str, float], stage: str) -> Iterator[None]:
-  t0 = time.time()
-  yield
-  seconds[stage] = time.time() - t0
-
-
 def finished(config: ml_collections.ConfigDict, workdir: str, cell: Cell) -> dict | None:
   """The cell's cell.json if it is finished; a ValueError if it was made from other inputs."""
   path = os.path.join(cell_dir(workdir, cell), 'cell.json')
@@ -246,52 +236,6 @@ def hparams(cell_cfg: ml_collections.ConfigDict, cell: Cell) -> dict[str, Any]:
   values['select.method'] = cell.overrides.get('select.method', '')
   return {k: v if isinstance(v, (int, float, str, bool)) else str(v)
           for k, v in values.items()}
-
-
-def run_cell(config: ml_collections.ConfigDict, workdir: str, cell: Cell) -> dict[str, Any]:
-  """Runs the cell's jobs in its workdir and writes its cell.json; returns the record."""
-  out = cell_dir(workdir, cell)
-  cell_cfg = cell_config(config, cell)
-  artifacts.ensure_writable_dir(out, 'cell folder')
-  link_shared(config, workdir, cell_cfg, out)
-  inputs = cell_inputs(config, cell)
-  seconds, metrics, diagnostics, selection = {}, {}, {}, ''
-  t0 = time.time()
-  if cell_cfg.train.selection:
-    with _timed(seconds, 'select'):
-      summary = jobs.run('select', cell_cfg, out)
-    selection = os.path.relpath(
-        layout.selection_dir(out, layout.selection_name(cell_cfg.select)), workdir)
-    diagnostics = {f'{space}.{name}': value
-                   for space, values in summary['diagnostics'].items()
-                   for name, value in values.items()}
-  with _timed(seconds, 'train'):
-    jobs.run('train', cell_cfg, out)
-  with _timed(seconds, 'sample'):
-    jobs.run('sample', cell_cfg, out)
-  with _timed(seconds, 'evaluate'):
-    for name, reference in config.study.references.items():
-      eval_cfg = cell_cfg.copy_and_resolve_references()
-      eval_cfg.evaluate.reference = reference
-      eval_cfg.evaluate.out_name = name
-      record = jobs.run('evaluate', eval_cfg, out)
-      # The spread of IS and KID over splits / subsets is no quality of the samples.
-      metrics.update({f'{key}.{name}': value for key, value in record['metrics'].items()
-                      if '_std_' not in key})
-  with _timed(seconds, 'cas'):
-    metrics['cas'] = cas.run(cell_cfg, config.study.cas, out)['cas']
-  seconds['total'] = time.time() - t0
-  record = {
-      'cell': cell.name, 'group': cell.group, 'family': cell.family, 'budget': cell.budget,
-      'budget_value': budget_value(cell.budget), 'seed': cell.seed,
-      'hparams': hparams(cell_cfg, cell), 'metrics': metrics, 'diagnostics': diagnostics,
-      'seconds': seconds, 'selection': selection,
-      'fingerprint': artifacts.fingerprint(inputs),
-  }
-  artifacts.atomic_write_json(os.path.join(out, 'cell.json'), record)
-  logging.info('study cell %s: %s', cell.name,
-               ', '.join(f'{k} {v:.4g}' for k, v in sorted(metrics.items())))
-  return record
 
 
 def lower_is_better(config: ml_collections.ConfigDict) -> list[str]:

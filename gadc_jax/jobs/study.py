@@ -23,6 +23,8 @@ import contextlib
 import os
 import shlex
 import sys
+import time
+from typing import Any, Iterator
 
 from absl import logging
 import jax
@@ -31,8 +33,10 @@ import ml_collections
 from gadc_jax import artifacts
 from gadc_jax import difficulty
 from gadc_jax import jobs
+from gadc_jax import layout
 from gadc_jax import preemption
 from gadc_jax import study
+from gadc_jax.evaluation import cas
 
 
 def shared_stages(config: ml_collections.ConfigDict, grid) -> list:
@@ -42,6 +46,60 @@ def shared_stages(config: ml_collections.ConfigDict, grid) -> list:
     difficulty.check_config(config)
     runs += [('train', difficulty.scorer_config(config)), ('difficulty', config)]
   return runs
+
+
+@contextlib.contextmanager
+def _timed(seconds: dict[str, float], stage: str) -> Iterator[None]:
+  t0 = time.time()
+  yield
+  seconds[stage] = time.time() - t0
+
+
+def run_cell(config: ml_collections.ConfigDict, workdir: str,
+             cell: study.Cell) -> dict[str, Any]:
+  """Runs the cell's jobs in its workdir and writes its cell.json; returns the record."""
+  out = study.cell_dir(workdir, cell)
+  cell_cfg = study.cell_config(config, cell)
+  artifacts.ensure_writable_dir(out, 'cell folder')
+  study.link_shared(config, workdir, cell_cfg, out)
+  inputs = study.cell_inputs(config, cell)
+  seconds, metrics, diagnostics, selection = {}, {}, {}, ''
+  t0 = time.time()
+  if cell_cfg.train.selection:
+    with _timed(seconds, 'select'):
+      summary = jobs.run('select', cell_cfg, out)
+    selection = os.path.relpath(
+        layout.selection_dir(out, layout.selection_name(cell_cfg.select)), workdir)
+    diagnostics = {f'{space}.{name}': value
+                   for space, values in summary['diagnostics'].items()
+                   for name, value in values.items()}
+  with _timed(seconds, 'train'):
+    jobs.run('train', cell_cfg, out)
+  with _timed(seconds, 'sample'):
+    jobs.run('sample', cell_cfg, out)
+  with _timed(seconds, 'evaluate'):
+    for name, reference in config.study.references.items():
+      eval_cfg = cell_cfg.copy_and_resolve_references()
+      eval_cfg.evaluate.reference = reference
+      eval_cfg.evaluate.out_name = name
+      record = jobs.run('evaluate', eval_cfg, out)
+      # The spread of IS and KID over splits / subsets is no quality of the samples.
+      metrics.update({f'{key}.{name}': value for key, value in record['metrics'].items()
+                      if '_std_' not in key})
+  with _timed(seconds, 'cas'):
+    metrics['cas'] = cas.run(cell_cfg, config.study.cas, out)['cas']
+  seconds['total'] = time.time() - t0
+  record = {
+      'cell': cell.name, 'group': cell.group, 'family': cell.family, 'budget': cell.budget,
+      'budget_value': study.budget_value(cell.budget), 'seed': cell.seed,
+      'hparams': study.hparams(cell_cfg, cell), 'metrics': metrics, 'diagnostics': diagnostics,
+      'seconds': seconds, 'selection': selection,
+      'fingerprint': artifacts.fingerprint(inputs),
+  }
+  artifacts.atomic_write_json(os.path.join(out, 'cell.json'), record)
+  logging.info('study cell %s: %s', cell.name,
+               ', '.join(f'{k} {v:.4g}' for k, v in sorted(metrics.items())))
+  return record
 
 
 def write_study_record(config: ml_collections.ConfigDict, workdir: str, grid) -> None:
@@ -89,5 +147,5 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> None:
       logging.info('study cell %s already finished; skipping.', cell.name)
       continue
     logging.info('study cell %d of %d on this process: %s', i + 1, len(mine), cell.name)
-    study.run_cell(config, workdir, cell)
+    run_cell(config, workdir, cell)
     preemption.raise_if_agreed(f'after study cell {cell.name}')

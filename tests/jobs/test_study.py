@@ -8,6 +8,7 @@ import pytest
 
 from gadc_jax import jobs
 from gadc_jax import study
+from gadc_jax.jobs import study as study_job
 from tests.conftest import REPO, killed_after
 
 _CELL_KEYS = {'cell', 'group', 'family', 'budget', 'budget_value', 'seed', 'hparams', 'metrics',
@@ -69,8 +70,8 @@ def test_smoke_study_writes_cells_and_resumes_after_a_kill(tmp_path, tfds_dir, m
   grid = study.cells(config)
   assert [c.name for c in grid] == ['random-10%-seed0', 'random-10%-seed1']
 
-  real = study.run_cell
-  monkeypatch.setattr(study, 'run_cell', killed_after(real, 1))
+  real = study_job.run_cell
+  monkeypatch.setattr(study_job, 'run_cell', killed_after(real, 1))
   with pytest.raises(KeyboardInterrupt):
     jobs.run('study', config, workdir)
   first = os.path.join(workdir, 'cells', 'random-10%-seed0', 'cell.json')
@@ -79,7 +80,7 @@ def test_smoke_study_writes_cells_and_resumes_after_a_kill(tmp_path, tfds_dir, m
   mtime = os.stat(first).st_mtime_ns
 
   ran = []
-  monkeypatch.setattr(study, 'run_cell',
+  monkeypatch.setattr(study_job, 'run_cell',
                       lambda c, w, cell: ran.append(cell.name) or real(c, w, cell))
   jobs.run('study', config, workdir)
   assert ran == ['random-10%-seed1']
