@@ -25,8 +25,12 @@ from gadc_jax import defaults
 
 _DIGITS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'digits.py')
 
-# The calibrated cell (measured on the 2-core CPU: see the README's study section).
-_CELL = {'train_steps': 600, 'num_samples': 500, 'sampler_steps': 50}
+# The calibrated cell. Measured with benchmarks/study_bench.py on the 2-core CPU while other
+# work loaded it (load average 7-10): a cell of 600 steps cost 322 s warm (train 224, sample
+# 62, select 22, evaluate 12, CAS 2) and 464-536 s cold (the first of its shapes compiles);
+# at the ~5x an idle machine gains, ~65 s a cell. 500 steps keep 37 cells and the shared
+# stages near 40 minutes; rerun the benchmark on an idle machine to recalibrate.
+_CELL = {'train_steps': 500, 'num_samples': 500, 'sampler_steps': 50}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
