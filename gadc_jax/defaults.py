@@ -16,6 +16,7 @@ function returns a fresh ConfigDict for one section of the experiment config:
     config.report           report()           the report job (a study's tables and plots)
     config.export           export()           the export job (a selection as image files)
     config.distill_sample   distill_sample()   OT-guided sampling of a distilled set (OTG)
+    config.study            study()            the study job (a grid of cells, CAS)
 
 The libraries read these fields; their meaning is documented here, once.
 """
@@ -115,6 +116,7 @@ def gadc(encoder: str | None = None) -> ml_collections.ConfigDict:
       # Relative epsilon: epsilon_rel * mean class cost; overrides `epsilon` when set. It is
       # the scale-free choice: the presets' absolute epsilon assumes their encoder's scale.
       'epsilon_rel': ml_collections.config_dict.placeholder(float),
+      'w_pot': 1.0,            # weight of the partial OT term (0: the no-OT ablation).
       'w_mom': 1.0,
       's_mom': 6.0,
       'w_ce': 10.0,
@@ -407,4 +409,40 @@ def distill_sample() -> ml_collections.ConfigDict:
       # real gradient (at most the class's size).
       'surrogate': ml_collections.ConfigDict({'networks': ('selection',), 'num_real': 200}),
       'real_split': 'train',   # where the real samples of both terms come from.
+# GADC's ablations (config.study.ablations): name -> overrides of the config, one term of
+# J(S) (or the refinement, or the partial transport's slack) switched off at a time.
+GADC_ABLATIONS = {
+    'no_ot': {'select': {'gadc': {'w_pot': 0.0}}},
+    'no_moment': {'select': {'gadc': {'w_mom': 0.0}}},
+    'no_ce': {'select': {'gadc': {'w_ce': 0.0}}},
+    'kappa_1': {'select': {'gadc': {'kappa': 1.0}}},
+    'no_refinement': {'select': {'gadc': {'rounds': 0}}},
+}
+
+
+def study() -> ml_collections.ConfigDict:
+  """config.study: the study job's grid (gadc_jax.study) and its per-cell metrics."""
+  return ml_collections.ConfigDict({
+      'methods': ('random', 'gadc'),
+      'budgets': ('10%',),
+      'seeds': (0, 1, 2),
+      # name -> nested overrides of the config (GADC_ABLATIONS' form); each runs GADC.
+      'ablations': ml_collections.ConfigDict(GADC_ABLATIONS),
+      'full_reference': True,  # one cell trained on the whole split.
+      # Every cell's samples are evaluated against each of these references (name ->
+      # config.evaluate.reference); metric keys end in .NAME (e.g. fid_evaluation.test).
+      'references': ml_collections.ConfigDict({'train': 'split:train', 'test': 'split:test'}),
+      'baseline_group': 'random',  # what the report compares the other rows against.
+      # Keep compiled programs in WORKDIR/jax_cache: cells of one shape compile once.
+      'compilation_cache': True,
+      # CAS: a classifier of this network's arch and seed trained on the cell's samples,
+      # scored by its top-1 accuracy on the real `split`.
+      'cas': ml_collections.ConfigDict({
+          'network': 'evaluation',
+          'split': 'test',
+          'steps': 600,
+          'batch_size': 128,
+          'learning_rate': 3e-3,
+          'weight_decay': 1e-4,
+      }),
   })

@@ -89,6 +89,13 @@ def _check_geometry(methods: Sequence[str]) -> Callable[[dict], None]:
   return check
 
 
+def _check_study(record: dict) -> None:
+  assert list(record['cells']) == ['random-10%-seed0'] and record['grid_cells'] == 5
+  seconds = record['cells']['random-10%-seed0']
+  assert seconds['total'] >= seconds['train'] > 0
+  assert record['cells_per_hour'] == pytest.approx(3600 / seconds['total'])
+
+
 def _check_mfu(record: dict) -> None:
   assert record['model'] == 'DiT-S/2' and record['forward_gflops'] > 0 and record['mfu'] > 0
 
@@ -187,6 +194,12 @@ RUNS = {
         frozenset({'greedy_s', 'refine_s', 'total_s', 'compile_s', 'objective',
                    'objective_converged', 'indices', 'classes_per_s', 'device'}),
         slow=True, check=_check_select)],
+    'study_bench.py': [Run(
+        ['--config', 'configs/digits_study.py:smoke=True', '--cells', 'random-10%-seed0',
+         '--data_dir', os.path.join(tempfile.gettempdir(), 'study_bench_tfds')],
+        frozenset({'benchmark', 'config', 'device', 'shared_seconds', 'cells',
+                   'cells_per_hour', 'grid_cells', 'projected_minutes'}),
+        slow=True, check=_check_study)],
     'train_bench.py': [
         Run(['--steps', '1', '--batch', '2'],
             frozenset({'device', 'batch', 'jax_steps_per_s', 'torch_steps_per_s', 'ratio'}),

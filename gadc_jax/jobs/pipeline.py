@@ -34,7 +34,7 @@ def _stage_jobs(config: ml_collections.ConfigDict, stage: str):
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
-  stages = [s for s in jobs.JOBS if s != 'pipeline']
+  stages = [s for s in jobs.JOBS if s not in ('pipeline', 'study')]
   for stage in config.stages:
     if stage not in stages:
       raise ValueError(f'unknown stage {stage!r} in config.stages; known: {", ".join(stages)}')

@@ -179,7 +179,7 @@ def _fast_add(stats, state: _State, k, own_ce, params) -> _State:
   shrink = k / (k + 1.0)
   sums = obj.side_sums(stats, state.idx, state.row_mask)
   offsets = _greedy_offsets(stats, state, k, own_ce, params)
-  estimates = (shrink * state.ev.pot + unit_cost / (k + 1.0) + offsets
+  estimates = (params.w_pot * (shrink * state.ev.pot + unit_cost / (k + 1.0)) + offsets
                + obj.side_terms(stats, jax.tree.map(jnp.add, sums, _image_sums(stats)), params))
   estimates = jnp.where(stats.candidate & ~state.in_set, estimates, jnp.inf)
   row_mask = state.row_mask.at[k].set(True)
@@ -240,7 +240,7 @@ def _swap_screen(stats, state: _State, params):
     g_i = _column_update_without(stats, state, i, params)
     lse, unit_cost = _soft_rows(stats, g_i)
     swapped = jax.tree.map(lambda s, each: s - each[state.idx[i]] + each, sums, images)
-    estimate = (state.ev.pot - row_cost[i] + unit_cost / m
+    estimate = (params.w_pot * (state.ev.pot - row_cost[i] + unit_cost / m)
                 + obj.side_terms(stats, swapped, params))
     return jnp.where(valid, estimate, jnp.inf), lse, g_i
 

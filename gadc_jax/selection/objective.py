@@ -1,6 +1,6 @@
 """The GADC objective J(S) of the selection spec, for one class.
 
-    J(S) = POT(S) + w_mom * s_mom * MOM(S) + w_ce * mean_S CE + w_ent * mean_S H
+    J(S) = w_pot * POT(S) + w_mom * s_mom * MOM(S) + w_ce * mean_S CE + w_ent * mean_S H
                   + w_kl * KL(pbar_c || pbar_S)
 
 A class is first turned into `ClassStats` (centred features, its n x n cost matrix, the
@@ -38,6 +38,7 @@ class GadcParams:
   delta_factor: float = 0.05
   epsilon: float = 20.0
   epsilon_rel: Optional[float] = None
+  w_pot: float = 1.0
   w_mom: float = 1.0
   s_mom: float = 6.0
   w_ce: float = 10.0
@@ -81,7 +82,7 @@ def check_config(cfg, where: str = 'config.select.gadc') -> None:
       cfg, where, positive_ints=('shortlist', 'sinkhorn_max_iterations'),
       non_negative_ints=('rounds',),
       positive=('epsilon', 'temperature', 'sinkhorn_threshold', 'kappa'),
-      non_negative=('delta_factor', 'w_mom', 's_mom', 'w_ce', 'w_ent', 'w_kl'))
+      non_negative=('delta_factor', 'w_pot', 'w_mom', 's_mom', 'w_ce', 'w_ent', 'w_kl'))
   if 'tau' in cfg:  # the select job's candidate filter: in the config, not in GadcParams.
     validation.require(cfg, where, fractions=('tau',))
   if cfg['kappa'] < 1:
@@ -247,7 +248,7 @@ def evaluate(stats: ClassStats, idx: jax.Array, row_mask: jax.Array, params: Gad
   centred = (stats.features[idx] - mean) * w
   var = jnp.sum(centred * centred, axis=0) / jnp.maximum(sums.count - 1.0, 1.0)
   terms = side_terms(stats, sums, params, moments=(mean, var))
-  return Evaluation(objective=ot.value + terms, pot=ot.value, ot=ot,
+  return Evaluation(objective=params.w_pot * ot.value + terms, pot=ot.value, ot=ot,
                     converged=ot.converged)
 
 

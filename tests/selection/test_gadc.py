@@ -86,7 +86,7 @@ def _numpy_objective(problem, subset, cfg):
   log_t = log_softmax(np.log(problem.probs.astype(np.float64)) / cfg.temperature, axis=1)
   pbar_c, pbar_s = np.exp(log_t).mean(0), np.exp(log_t[subset]).mean(0)
   kl = (pbar_c * np.log(pbar_c / pbar_s)).sum()
-  return (value + cfg.w_mom * cfg.s_mom * mom + cfg.w_ce * problem.ce[subset].mean()
+  return (cfg.w_pot * value + cfg.w_mom * cfg.s_mom * mom + cfg.w_ce * problem.ce[subset].mean()
           + cfg.w_ent * problem.entropy[subset].mean() + cfg.w_kl * kl)
 
 
@@ -131,6 +131,7 @@ def _select_one(problem, m, cfg):
 
 _TERM_SWITCHES = {
     'default': {},
+    'no_ot': {'w_pot': 0.0},
     'no_mom': {'w_mom': 0.0},
     'no_ce': {'w_ce': 0.0},
     'ent_kl_temperature': {'w_ent': 0.5, 'w_kl': 3.0, 'temperature': 2.0},
