@@ -409,6 +409,9 @@ def distill_sample() -> ml_collections.ConfigDict:
       # real gradient (at most the class's size).
       'surrogate': ml_collections.ConfigDict({'networks': ('selection',), 'num_real': 200}),
       'real_split': 'train',   # where the real samples of both terms come from.
+  })
+
+
 # GADC's ablations (config.study.ablations): name -> overrides of the config, one term of
 # J(S) (or the refinement, or the partial transport's slack) switched off at a time.
 GADC_ABLATIONS = {
