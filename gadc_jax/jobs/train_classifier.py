@@ -8,17 +8,13 @@ its last checkpoint and ends with the same params as an uninterrupted run. A run
 network's folder lock, so a second run on it refuses.
 """
 
-import functools
 import os
 from typing import Any
 
 from absl import logging
 from clu import metric_writers
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
-import optax
 
 from gadc_jax import artifacts
 from gadc_jax import encoders
@@ -28,39 +24,8 @@ from gadc_jax import preemption
 from gadc_jax import validation
 from gadc_jax.data import input_pipeline
 from gadc_jax.training import checkpoints
+from gadc_jax.training import classifier
 from gadc_jax.training import train_state
-
-
-def _init_state(model, tx, seed: int, image_shape) -> dict[str, Any]:
-  params = networks.init_params(model, seed, image_shape)
-  return {'params': params, 'opt_state': tx.init(params), 'step': jnp.zeros((), jnp.int32)}
-
-
-def _loss(params, model, images, labels):
-  _, logits = model.apply(params, networks.to_unit_range(images))
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-
-@functools.partial(jax.jit, static_argnames=('model', 'tx'))
-def train_step(state, images, labels, *, model, tx):
-  """One AdamW step. images [B, H, W, C] uint8, labels [B] int32 -> (state, loss)."""
-  loss, grads = jax.value_and_grad(_loss)(state['params'], model, images, labels)
-  updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
-  params = optax.apply_updates(state['params'], updates)
-  return {'params': params, 'opt_state': opt_state, 'step': state['step'] + 1}, loss
-
-
-@functools.partial(jax.jit, static_argnames=('model',))
-def _predict(params, images, *, model):
-  return jnp.argmax(model.apply(params, networks.to_unit_range(images))[1], axis=-1)
-
-
-def accuracy(model, params, images: np.ndarray, labels: np.ndarray, batch_size=1024) -> float:
-  correct = 0
-  for i in range(0, len(labels), batch_size):
-    pred = _predict(params, images[i:i + batch_size], model=model)
-    correct += int(np.sum(np.asarray(pred) == labels[i:i + batch_size]))
-  return correct / len(labels)
 
 
 # The options of config.classifier that change a network's params or record; the others
@@ -122,7 +87,7 @@ def _train(config: ml_collections.ConfigDict, name: str, out: str) -> dict:
   info = input_pipeline.split_info(config.data, cfg.train_split)
   model = encoders.build(net_cfg.arch, info.num_classes, **networks.module_kwargs(net_cfg))
   tx = train_state.optimizer(cfg.learning_rate, cfg.weight_decay)
-  state = _init_state(model, tx, net_cfg.seed, info.image_shape)
+  state = classifier.init_state(model, tx, net_cfg.seed, info.image_shape)
 
   ckpt = checkpoints.Checkpointer(os.path.join(out, 'checkpoints'), keep=1)
   if ckpt.latest_step is not None:
@@ -134,7 +99,8 @@ def _train(config: ml_collections.ConfigDict, name: str, out: str) -> dict:
   num = len(train['label'])
   for step in range(int(state['step']), cfg.steps):
     idx = train_state.batch_indices(key, step, num, cfg.batch_size)
-    state, loss = train_step(state, train['image'][idx], train['label'][idx], model=model, tx=tx)
+    batch = {'image': train['image'][idx], 'label': train['label'][idx]}
+    state, loss, _ = classifier.train_step(state, batch, key, model=model, tx=tx)
     if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
       writer.write_scalars(step + 1, {'train_loss': float(loss)})
     stop = preemption.stop_agreed()
@@ -145,7 +111,7 @@ def _train(config: ml_collections.ConfigDict, name: str, out: str) -> dict:
       raise preemption.preempted(f'at step {step + 1} of classifier {name} ({out})')
   ckpt.wait()
 
-  test_acc = accuracy(model, state['params'], test['image'], test['label'])
+  test_acc = classifier.accuracy(model, state['params'], test['image'], test['label'])
   writer.write_scalars(cfg.steps, {'test_accuracy': test_acc})
   writer.flush()
   logging.info('classifier %s (%s): test accuracy %.4f', name, net_cfg.arch, test_acc)

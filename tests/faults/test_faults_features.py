@@ -18,6 +18,7 @@ from gadc_jax import jobs
 from gadc_jax import layout
 from gadc_jax.jobs import features
 from gadc_jax.jobs import train_classifier
+from gadc_jax.training import classifier
 from tests.conftest import killed_after
 from tests.faults.conftest import main, one_error_line, snapshot
 
@@ -210,19 +211,19 @@ def test_6_classifier_failed_before_its_first_checkpoint_starts_afresh(finished_
   config.classifier.steps = 4
   config.classifier.checkpoint_every = 2
   workdir = str(tmp_path)
-  real = train_classifier.train_step
-  monkeypatch.setattr(train_classifier, 'train_step', killed_after(real, 1))
+  real = classifier.train_step
+  monkeypatch.setattr(classifier, 'train_step', killed_after(real, 1))
   with pytest.raises(KeyboardInterrupt):
     jobs.run('train_classifier', config, workdir)
   config.classifier.learning_rate = 1e-3
-  monkeypatch.setattr(train_classifier, 'train_step', killed_after(real, 3))
+  monkeypatch.setattr(classifier, 'train_step', killed_after(real, 3))
   with pytest.raises(KeyboardInterrupt):  # fresh start: the step-2 checkpoint is work.
     jobs.run('train_classifier', config, workdir)
   config.classifier.learning_rate = 2e-3
   with pytest.raises(ValueError, match='classifier fingerprint mismatch'):
     jobs.run('train_classifier', config, workdir)
   config.classifier.learning_rate = 1e-3
-  monkeypatch.setattr(train_classifier, 'train_step', real)
+  monkeypatch.setattr(classifier, 'train_step', real)
   record = train_classifier.train_network(config, workdir, 'evaluation')
   assert record['inputs']['training']['learning_rate'] == 1e-3
 

@@ -9,6 +9,7 @@ import pytest
 from gadc_jax import artifacts
 from gadc_jax import networks
 from gadc_jax.jobs import train_classifier
+from gadc_jax.training import classifier
 from gadc_jax.training import train_state
 from tests.conftest import digits_config, killed_after
 
@@ -49,13 +50,13 @@ def test_kill_and_resume_gives_same_params(tmp_path, tfds_dir, monkeypatch):
 
   # "Kill" the second run right after its step-20 checkpoint.
   interrupted = str(tmp_path / 'interrupted')
-  real_step = train_classifier.train_step
-  monkeypatch.setattr(train_classifier, 'train_step', killed_after(real_step, 21))
+  real_step = classifier.train_step
+  monkeypatch.setattr(classifier, 'train_step', killed_after(real_step, 21))
   with pytest.raises(KeyboardInterrupt):
     train_classifier.run(config, interrupted)
   assert not os.path.exists(os.path.join(interrupted, 'classifiers', 'evaluation',
                                          'classifier.json'))
-  monkeypatch.setattr(train_classifier, 'train_step', real_step)
+  monkeypatch.setattr(classifier, 'train_step', real_step)
   train_classifier.run(config, interrupted)
 
   _, p_full, r_full = networks.load_network(config, full, 'evaluation')

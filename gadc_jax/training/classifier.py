@@ -1,0 +1,55 @@
+"""Classifier training shared by the train_classifier job (networks on the real data) and the
+distillation's students: state, one jitted AdamW step over any loss, and top-1 accuracy.
+
+A state is {'params': the module's variables, 'opt_state', 'step'}; a loss is
+loss_fn(variables, model, batch, key) -> (scalar, metrics dict), a hashable function (it is a
+static argument of the jitted step).
+"""
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from gadc_jax import networks
+
+
+def init_state(model, tx, seed: int, image_shape) -> dict[str, Any]:
+  params = networks.init_params(model, seed, image_shape)
+  return {'params': params, 'opt_state': tx.init(params), 'step': jnp.zeros((), jnp.int32)}
+
+
+def cross_entropy_loss(params, model, batch, key):
+  """CE of the hard labels: batch {'image': uint8 [B, H, W, C], 'label': int32 [B]}."""
+  del key
+  _, logits = model.apply(params, networks.to_unit_range(batch['image']))
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
+  return loss, {}
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'tx', 'loss_fn'))
+def train_step(state, batch, key, *, model, tx, loss_fn=cross_entropy_loss):
+  """One optimizer step of loss_fn on `batch` -> (state, loss, metrics)."""
+  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state['params'], model, batch, key)
+  updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
+  params = optax.apply_updates(state['params'], updates)
+  return ({'params': params, 'opt_state': opt_state, 'step': state['step'] + 1}, loss,
+          metrics)
+
+
+@functools.partial(jax.jit, static_argnames=('model',))
+def _predict(params, images, *, model):
+  return jnp.argmax(model.apply(params, networks.to_unit_range(images))[1], axis=-1)
+
+
+def accuracy(model, params, images: np.ndarray, labels: np.ndarray, batch_size=1024) -> float:
+  """Top-1 accuracy of `model` on uint8 images [N, H, W, C] with labels [N]."""
+  correct = 0
+  for i in range(0, len(labels), batch_size):
+    pred = _predict(params, images[i:i + batch_size], model=model)
+    correct += int(np.sum(np.asarray(pred) == labels[i:i + batch_size]))
+  return correct / len(labels)
