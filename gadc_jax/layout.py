@@ -11,6 +11,9 @@
     WORKDIR/samples/RUN/                    sample
     WORKDIR/eval/RUN.json, eval/RUN/        evaluate
     WORKDIR/eval_cache/                     evaluate (reference embeddings)
+    WORKDIR/distilled/NAME/                 distill_sample (a distilled image set)
+    WORKDIR/students/NAME/                  train_students
+    WORKDIR/distill/                        distill (cells, study.json, report)
 
 A job finds the artifacts of the jobs before it through these names, never through another
 job's module.
@@ -105,3 +108,23 @@ def eval_cache_dir(workdir: str) -> str:
 def resolve(workdir: str, path: str) -> str:
   """A user-given path: absolute as is, relative ones under the workdir."""
   return path if os.path.isabs(path) else os.path.join(workdir, path)
+
+
+def distilled_dir(workdir: str, name: str) -> str:
+  """A distilled image set of the distill_sample job."""
+  return os.path.join(workdir, 'distilled', name)
+
+
+def distilled_file(workdir: str, name: str) -> str:
+  """Its images: 'images' uint8 [C * IPC, H, W, C], 'labels' int32 [C * IPC] (class-major)."""
+  return os.path.join(distilled_dir(workdir, name), 'images.npz')
+
+
+def students_dir(workdir: str, name: str) -> str:
+  """Students trained by the train_students job on one image set with one labelling."""
+  return os.path.join(workdir, 'students', name)
+
+
+def distill_dir(workdir: str) -> str:
+  """The distill job's cells, study.json and report."""
+  return os.path.join(workdir, 'distill')

@@ -12,7 +12,7 @@ import ml_collections
 from gadc_jax import artifacts
 
 JOBS = ('train_classifier', 'features', 'difficulty', 'select', 'text_embeddings', 'repa_targets',
-        'train', 'sample', 'evaluate', 'pipeline')
+        'train', 'sample', 'evaluate', 'pipeline', 'train_students', 'distill')
 
 
 def check_name(name: str) -> None:
