@@ -62,9 +62,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train.checkpoint_every = 1000
   config.train.sampler.steps = 50
 
-  if hasattr(defaults, 'distill_sample'):  # the OTG sampler's section (its own defaults).
-    config.distill_sample = defaults.distill_sample()
-    config.distill_sample.surrogate = ('surrogate',)
+  config.distill_sample = defaults.distill_sample()
+  config.distill_sample.surrogate.networks = ('surrogate',)
 
   config.train_students = defaults.train_students()
   config.train_students.students = ('student_cnn', 'student_mlp')
@@ -88,6 +87,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.log_every = config.train.checkpoint_every = 2
     config.train.grid_per_class = 2
     config.train.sampler.steps = 4
+    config.distill_sample.sampler.steps = 4
+    config.distill_sample.window = (1, 3)
+    config.distill_sample.ot.num_real = 10
+    config.distill_sample.surrogate.num_real = 10
     config.train_students.steps = 5
     config.distill.ipcs = (2,)
     config.distill.seeds = (0,)

@@ -13,6 +13,8 @@ function returns a fresh ConfigDict for one section of the experiment config:
     config.train            train()            the train job (DiT / SiT)
     config.sample           sample()           the sample job
     config.evaluate         evaluate()         the evaluate job
+    config.distill_sample   distill_sample()   OT-guided sampling of a distilled set (OTG)
+    config.train_students   train_students()   students on an image set (LIA + OTM)
 
 The libraries read these fields; their meaning is documented here, once.
 """
@@ -333,6 +335,49 @@ def evaluate() -> ml_collections.ConfigDict:
       # (x - 128) / 128), and its FID / sFID use the file's statistics (pool_3 / mixed_6 of
       # the whole dataset) where present. Other networks use arr_0 as any images.
       'adm_stats_network': 'inception',
+  })
+
+
+def distill_sample() -> ml_collections.ConfigDict:
+  """config.distill_sample: IPC images per class from the train run config.train names,
+  guided by IGD's influence and deviation terms and the OT term (shared/SPEC_DISTILL.md;
+  gadc_jax.distill.sampler). Values the paper does not publish are this project's choices,
+  not tuned."""
+  return ml_collections.ConfigDict({
+      'name': '',              # output folder; '' = GUIDANCE-ipcIPC-seedSEED.
+      'ipc': 10,               # images per class.
+      'seed': 0,
+      # Batch limits. The sampler holds each class's earlier samples in a buffer of IPC
+      # slots that every guided step reads (deviation, OT): an IPC above max_ipc is refused
+      # before any work. class_batch: classes sampled together in one call (0 = all).
+      'max_ipc': 100,
+      'class_batch': 0,
+      # IGD's sampler: DDPM, 50 steps, CFG 4.0.
+      'sampler': ml_collections.ConfigDict({'method': 'ddpm', 'steps': 50, 'cfg_scale': 4.0,
+                                            'guided_channels': 0}),
+      # Guided sampler steps [start, end), counted from the first (noisiest): IGD's [30, 45]
+      # of 50.
+      'window': (30, 45),
+      # rho (influence), gamma (deviation), beta_1 (OT); 0 turns a term off. With
+      # `normalize` each is a step length in model space (l2 per sample).
+      'scales': ml_collections.ConfigDict({'influence': 0.1, 'deviation': 0.1, 'ot': 0.1}),
+      'normalize': True,
+      'ot': ml_collections.ConfigDict({
+          'epsilon_rel': 0.05,   # epsilon relative to the mean l1 cost of the set.
+          'num_real': 100,       # R real samples of the class (at most the class's size).
+          # Gradient through x0_hat with the model's eps held fixed (the cheap form); the
+          # form through the model is not implemented.
+          'stop_gradient': True,
+          'sinkhorn_iterations': 20,  # per guided step, warm-started from the last.
+          'sinkhorn_threshold': 1e-3,
+      }),
+      'deviation': ml_collections.ConfigDict({'memory': 64}),  # latest earlier samples.
+      # The influence term's surrogates: names of config.networks (each trained by
+      # train_classifier, or a converted checkpoint); IGD's several checkpoints of one
+      # ConvNet are here several seeds of it. num_real: real images per class of the mean
+      # real gradient (at most the class's size).
+      'surrogate': ml_collections.ConfigDict({'networks': ('selection',), 'num_real': 200}),
+      'real_split': 'train',   # where the real samples of both terms come from.
   })
 
 

@@ -268,6 +268,12 @@ def generate(train_cfg, model, params, labels, key: jax.Array,
   """
   x = sample_model_space(train_cfg, model, params, labels, key, sampler_cfg, num_classes,
                          image_shape, text_table)
+  return to_images(train_cfg, x, vae)
+
+
+def to_images(train_cfg, x: jax.Array, vae=None) -> np.ndarray:
+  """Model-space samples [B, h, w, c] -> uint8 images [B, H, W, C] (the SD-VAE decodes
+  latents; `vae` is its (module, params))."""
   if train_cfg.space == 'latent':
     vae_model, vae_params = vae
     x = vae_model.apply(vae_params, x / train_cfg.vae.scale, method='decode')

@@ -105,19 +105,31 @@ def eval_cache_dir(workdir: str) -> str:
   return os.path.join(workdir, 'eval_cache')
 
 
-def resolve(workdir: str, path: str) -> str:
-  """A user-given path: absolute as is, relative ones under the workdir."""
-  return path if os.path.isabs(path) else os.path.join(workdir, path)
+def guidance_tag(scales) -> str:
+  """'plain', 'igd', 'igd+otg' or 'otg': which guidance terms config.distill_sample.scales
+  turns on (IGD's influence or deviation; the OT term)."""
+  terms = [tag for tag, on in (('igd', scales.influence > 0 or scales.deviation > 0),
+                               ('otg', scales.ot > 0)) if on]
+  return '+'.join(terms) or 'plain'
+
+
+def distilled_name(cfg) -> str:
+  """config.distill_sample's folder name: GUIDANCE-ipcIPC-seedSEED unless its name is set."""
+  return cfg.name or f'{guidance_tag(cfg.scales)}-ipc{cfg.ipc}-seed{cfg.seed}'
 
 
 def distilled_dir(workdir: str, name: str) -> str:
-  """A distilled image set of the distill_sample job."""
   return os.path.join(workdir, 'distilled', name)
 
 
 def distilled_file(workdir: str, name: str) -> str:
-  """Its images: 'images' uint8 [C * IPC, H, W, C], 'labels' int32 [C * IPC] (class-major)."""
+  """The distilled set: images uint8 [C*IPC, H, W, C], labels int32 [C*IPC], class-major."""
   return os.path.join(distilled_dir(workdir, name), 'images.npz')
+
+
+def resolve(workdir: str, path: str) -> str:
+  """A user-given path: absolute as is, relative ones under the workdir."""
+  return path if os.path.isabs(path) else os.path.join(workdir, path)
 
 
 def students_dir(workdir: str, name: str) -> str:

@@ -99,7 +99,19 @@ def _check_memory(record: dict) -> None:
     assert plan['arguments'] > 0
 
 
+def _check_distill(record: dict) -> None:
+  assert record['classes'] == 2 and record['steps'] == 4 and record['window'] == [1, 3]
+  assert record['igd_s'] > 0 and record['igd_otg_s'] > 0
+  assert record['ratio'] == pytest.approx(record['igd_otg_s'] / record['igd_s'])
+
+
 RUNS = {
+    'distill_bench.py': [Run(
+        ['--steps', '4', '--window', '1,3', '--classes', '2', '--ipc', '2', '--num_real', '8',
+         '--repeats', '1', '--depth', '1', '--hidden', '32'],
+        frozenset({'device', 'steps', 'window', 'classes', 'ipc', 'num_real', 'compile_s',
+                   'igd_s', 'igd_otg_s', 'ratio'}),
+        slow=True, check=_check_distill)],
     'features_bench.py': [Run(
         ['--batch', '1', '--iters', '1', '--size', '75', '--dtypes', 'float32'],
         frozenset({'benchmark', 'platform', 'device', 'results'}), check=_check_features)],

@@ -250,16 +250,40 @@ class GaussianDiffusion:
     mse = mean_flat((noise - eps) ** 2)
     return {'loss': mse + vb, 'mse': mse, 'vb': vb}
 
-  def _reverse_loop(self, step_fn, x_init: jax.Array, key: jax.Array) -> jax.Array:
-    """Runs x <- step_fn(x, t [B], noise) for t = T-1, ..., 0 in a scan."""
-    def body(x, inputs):
+  def reverse_scan(self, step_fn, carry, key: jax.Array, noise_shape, dtype=jnp.float32):
+    """Runs carry <- step_fn(carry, t [B], noise) for t = T-1, ..., 0 in a scan.
+
+    The noise of each step is a normal draw of `noise_shape` ([B, ..., C]) from its own key
+    of jax.random.split(key, T): samplers that carry more than x (e.g. guided ones) draw
+    the same noise as the plain loops below.
+    """
+    def body(carry, inputs):
       i, step_key = inputs
-      t = jnp.full(x.shape[:1], i, jnp.int32)
-      return step_fn(x, t, jax.random.normal(step_key, x.shape, x.dtype)), None
+      t = jnp.full(noise_shape[:1], i, jnp.int32)
+      return step_fn(carry, t, jax.random.normal(step_key, noise_shape, dtype)), None
 
     steps = jnp.arange(self.num_timesteps - 1, -1, -1, dtype=jnp.int32)
-    x, _ = jax.lax.scan(body, x_init, (steps, jax.random.split(key, self.num_timesteps)))
-    return x
+    carry, _ = jax.lax.scan(body, carry, (steps, jax.random.split(key, self.num_timesteps)))
+    return carry
+
+  def p_sample_step(self, out: Dict[str, jax.Array], t: jax.Array,
+                    noise: jax.Array) -> jax.Array:
+    """One DDPM ancestral step x_t -> x_{t-1} from `p_mean_variance`'s dict at x_t."""
+    # The last step (t = 0) returns the mean: no noise is added to the sample.
+    std = jnp.where(t[0] > 0, jnp.exp(0.5 * out['log_variance']), 0.0)
+    return out['mean'] + std * noise
+
+  def ddim_step(self, out: Dict[str, jax.Array], x: jax.Array, t: jax.Array,
+                noise: jax.Array, eta: float = 0.0) -> jax.Array:
+    """One DDIM step (Song et al. eq. 12) x_t -> x_{t-1} from `p_mean_variance`'s dict."""
+    # eps re-derived from the (possibly clipped) x_0 prediction, as ADM.
+    eps = self.predict_eps_from_x0(x, t, out['pred_xstart'])
+    abar = _at(self.alphas_cumprod, t, x.ndim)
+    abar_prev = _at(self.alphas_cumprod_prev, t, x.ndim)
+    sigma = eta * jnp.sqrt((1.0 - abar_prev) / (1.0 - abar) * (1.0 - abar / abar_prev))
+    mean = (out['pred_xstart'] * jnp.sqrt(abar_prev)
+            + jnp.sqrt(1.0 - abar_prev - sigma ** 2) * eps)
+    return mean + jnp.where(t[0] > 0, sigma, 0.0) * noise
 
   def p_sample_loop(self, model_fn: ModelFn, x_init: jax.Array, key: jax.Array,
                     clip_denoised: bool = False) -> jax.Array:
@@ -268,28 +292,18 @@ class GaussianDiffusion:
     `clip_denoised` defaults to False as DiT samples latents; use True for pixels.
     """
     def step(x, t, noise):
-      out = self.p_mean_variance(model_fn, x, t, clip_denoised)
-      # The last step (t = 0) returns the mean: no noise is added to the sample.
-      std = jnp.where(t[0] > 0, jnp.exp(0.5 * out['log_variance']), 0.0)
-      return out['mean'] + std * noise
+      return self.p_sample_step(self.p_mean_variance(model_fn, x, t, clip_denoised), t, noise)
 
-    return self._reverse_loop(step, x_init, key)
+    return self.reverse_scan(step, x_init, key, x_init.shape, x_init.dtype)
 
   def ddim_sample_loop(self, model_fn: ModelFn, x_init: jax.Array, key: jax.Array,
                        eta: float = 0.0, clip_denoised: bool = False) -> jax.Array:
     """DDIM sampling (Song et al. eq. 12) from x_T = x_init; eta = 0 is deterministic."""
     def step(x, t, noise):
-      out = self.p_mean_variance(model_fn, x, t, clip_denoised)
-      # eps re-derived from the (possibly clipped) x_0 prediction, as ADM.
-      eps = self.predict_eps_from_x0(x, t, out['pred_xstart'])
-      abar = _at(self.alphas_cumprod, t, x.ndim)
-      abar_prev = _at(self.alphas_cumprod_prev, t, x.ndim)
-      sigma = eta * jnp.sqrt((1.0 - abar_prev) / (1.0 - abar) * (1.0 - abar / abar_prev))
-      mean = (out['pred_xstart'] * jnp.sqrt(abar_prev)
-              + jnp.sqrt(1.0 - abar_prev - sigma ** 2) * eps)
-      return mean + jnp.where(t[0] > 0, sigma, 0.0) * noise
+      return self.ddim_step(self.p_mean_variance(model_fn, x, t, clip_denoised), x, t, noise,
+                            eta)
 
-    return self._reverse_loop(step, x_init, key)
+    return self.reverse_scan(step, x_init, key, x_init.shape, x_init.dtype)
 
 
 def _diffusion_at(base_betas: np.ndarray, timestep_map: Sequence[int]) -> GaussianDiffusion:

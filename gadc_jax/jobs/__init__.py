@@ -12,7 +12,8 @@ import ml_collections
 from gadc_jax import artifacts
 
 JOBS = ('train_classifier', 'features', 'difficulty', 'select', 'text_embeddings', 'repa_targets',
-        'train', 'sample', 'evaluate', 'pipeline', 'train_students', 'distill')
+        'train', 'sample', 'evaluate', 'distill_sample', 'train_students', 'distill',
+        'pipeline')
 
 
 def check_name(name: str) -> None:

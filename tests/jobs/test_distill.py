@@ -1,22 +1,14 @@
 """The distill job at smoke size: cells in the shared format, the table, reruns skip, and a
-teacher pool too small for an IPC fails before any work.
-
-Until the OTG sampler's distill_sample job is in this checkout, a stand-in writes its
-agreed output (images.npz of real train images, class-major, and distilled.json)."""
+teacher pool too small for an IPC fails before any work."""
 
 import os
 import runpy
-import sys
-import types
 
-import ml_collections
-import numpy as np
 import pytest
 
 from gadc_jax import artifacts
 from gadc_jax import jobs
 from gadc_jax import layout
-from gadc_jax.data import input_pipeline
 from gadc_jax.distill import students as students_lib
 from conftest import REPO  # pylint: disable=g-bad-import-order
 
@@ -24,30 +16,11 @@ _CELL_KEYS = {'cell', 'group', 'family', 'budget', 'budget_value', 'seed', 'hpar
               'diagnostics', 'seconds', 'selection'}
 
 
-def _stand_in_run(config, workdir):
-  cfg = config.distill_sample
-  train = input_pipeline.load_split_arrays(config.data, 'train')
-  rng = np.random.default_rng(cfg.seed)
-  idx = np.concatenate([rng.choice(np.flatnonzero(train['label'] == c), cfg.ipc, replace=False)
-                        for c in range(10)])
-  folder = layout.distilled_dir(workdir, cfg.name)
-  artifacts.atomic_write_npz(layout.distilled_file(workdir, cfg.name),
-                             images=train['image'][idx], labels=train['label'][idx])
-  artifacts.atomic_write_json(os.path.join(folder, 'distilled.json'),
-                              {'fingerprint': 'stand-in', 'seconds': 0.5})
-
-
 @pytest.fixture
-def distill_config(tfds_dir, monkeypatch):
+def distill_config(tfds_dir):
   config = runpy.run_path(os.path.join(REPO, 'configs', 'digits_distill.py'))['get_config'](
       'smoke=True')
   config.data.data_dir = tfds_dir
-  if 'distill_sample' not in jobs.JOBS:
-    monkeypatch.setattr(jobs, 'JOBS', jobs.JOBS + ('distill_sample',))
-    monkeypatch.setitem(sys.modules, 'gadc_jax.jobs.distill_sample',
-                        types.SimpleNamespace(run=_stand_in_run))
-    config.distill_sample = ml_collections.ConfigDict(
-        {'ipc': 1, 'seed': 0, 'name': '', 'scales': {'ot': 1.0}})
   return config
 
 
