@@ -15,6 +15,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import tqdm
@@ -22,6 +23,7 @@ import tqdm
 from gadc_jax import artifacts
 from gadc_jax import layout
 from gadc_jax import networks
+from gadc_jax import validation
 from gadc_jax.data import input_pipeline
 from gadc_jax.distill import otm
 from gadc_jax.distill import soft_labels
@@ -29,6 +31,8 @@ from gadc_jax.training import classifier
 from gadc_jax.training import dataset as dataset_lib
 
 IMAGE_SET_KINDS = ('distilled', 'selection')
+LABELS = ('soft', 'hard')
+LIA_MODES = ('per_view', 'once')
 
 
 def parse_image_set(spec: str, where: str) -> tuple[str, str]:
@@ -37,6 +41,37 @@ def parse_image_set(spec: str, where: str) -> tuple[str, str]:
   if not sep or kind not in IMAGE_SET_KINDS or not name:
     raise ValueError(f'{where} must be distilled:NAME or selection:NAME, got {spec!r}')
   return kind, name
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """config.train_students, checked before any work: one ValueError naming the key."""
+  cfg = config.train_students
+  where = 'config.train_students'
+  validation.require(cfg, where, positive_ints=('steps', 'batch_size'),
+                     non_negative_ints=('seed', 'warmup_steps'), positive=('learning_rate',),
+                     non_negative=('weight_decay',))
+  validation.require(cfg.augment, f'{where}.augment', non_negative_ints=('shift',))
+  validation.require(cfg.lia, f'{where}.lia', non_negative_ints=('fixed_teachers',),
+                     positive=('temperature',))
+  validation.require(cfg.otm, f'{where}.otm', non_negative=('kappa1', 'kappa2', 'beta2'),
+                     positive=('temperature', 'epsilon'), positive_ints=('iterations',))
+  if cfg.labels not in LABELS:
+    raise ValueError(f'{where}.labels must be one of {", ".join(LABELS)}, got {cfg.labels!r}')
+  if cfg.lia.mode not in LIA_MODES:
+    raise ValueError(f'{where}.lia.mode must be one of {", ".join(LIA_MODES)}, got '
+                     f'{cfg.lia.mode!r}')
+  if not cfg.students:
+    raise ValueError(f'{where}.students names no network')
+  parse_image_set(cfg.images, f'{where}.images')
+  networks.check_use(config, f'{where}.students', cfg.students,
+                     [(f'{where}.{k}', cfg[k]) for k in ('split', 'eval_split')])
+  if cfg.labels == 'soft':
+    networks.check_use(config, f'{where}.lia.pool', cfg.lia.pool)
+
+
+def students_name(cfg) -> str:
+  kind, name = parse_image_set(cfg.images, 'config.train_students.images')
+  return cfg.name or f'{kind}-{name}-{cfg.labels}'
 
 
 def load_image_set(config, workdir: str, spec: str, split: str, where: str

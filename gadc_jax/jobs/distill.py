@@ -23,7 +23,7 @@ from gadc_jax import defaults
 from gadc_jax import jobs
 from gadc_jax import layout
 from gadc_jax.distill import soft_labels
-from gadc_jax.jobs import train_students
+from gadc_jax.distill import students
 
 # Row -> (image set: a distilled set's guidance tag or a selection method, labels, changes to
 # config.train_students). The ablation's rows are the paper's (ImageNette table).
@@ -55,7 +55,7 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
                        f'{", ".join(list(ROWS) + list(BASELINES))}')
   students_cfg = config.copy_and_resolve_references()
   students_cfg.train_students.images = 'distilled:each-cell-sets-its-own'
-  train_students.check_config(students_cfg)
+  students.check_config(students_cfg)
   lia = config.train_students.lia
   for ipc in cfg.ipcs:  # a pool too small for an IPC fails now, not after the generator.
     soft_labels.choose_teachers(lia.pool, lia.teachers_per_ipc, ipc, lia.fixed_teachers,

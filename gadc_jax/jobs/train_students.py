@@ -21,47 +21,13 @@ from gadc_jax import artifacts
 from gadc_jax import encoders
 from gadc_jax import layout
 from gadc_jax import networks
-from gadc_jax import validation
 from gadc_jax.data import input_pipeline
 from gadc_jax.distill import soft_labels
 from gadc_jax.distill import students as students_lib
 from gadc_jax.training import classifier
 
-LABELS = ('soft', 'hard')
-LIA_MODES = ('per_view', 'once')
 _TRAINING = ('labels', 'split', 'eval_split', 'seed', 'steps', 'batch_size', 'learning_rate',
              'weight_decay', 'warmup_steps')
-
-
-def check_config(config: ml_collections.ConfigDict) -> None:
-  """config.train_students, checked before any work: one ValueError naming the key."""
-  cfg = config.train_students
-  where = 'config.train_students'
-  validation.require(cfg, where, positive_ints=('steps', 'batch_size'),
-                     non_negative_ints=('seed', 'warmup_steps'), positive=('learning_rate',),
-                     non_negative=('weight_decay',))
-  validation.require(cfg.augment, f'{where}.augment', non_negative_ints=('shift',))
-  validation.require(cfg.lia, f'{where}.lia', non_negative_ints=('fixed_teachers',),
-                     positive=('temperature',))
-  validation.require(cfg.otm, f'{where}.otm', non_negative=('kappa1', 'kappa2', 'beta2'),
-                     positive=('temperature', 'epsilon'), positive_ints=('iterations',))
-  if cfg.labels not in LABELS:
-    raise ValueError(f'{where}.labels must be one of {", ".join(LABELS)}, got {cfg.labels!r}')
-  if cfg.lia.mode not in LIA_MODES:
-    raise ValueError(f'{where}.lia.mode must be one of {", ".join(LIA_MODES)}, got '
-                     f'{cfg.lia.mode!r}')
-  if not cfg.students:
-    raise ValueError(f'{where}.students names no network')
-  students_lib.parse_image_set(cfg.images, f'{where}.images')
-  networks.check_use(config, f'{where}.students', cfg.students,
-                     [(f'{where}.{k}', cfg[k]) for k in ('split', 'eval_split')])
-  if cfg.labels == 'soft':
-    networks.check_use(config, f'{where}.lia.pool', cfg.lia.pool)
-
-
-def students_name(cfg) -> str:
-  kind, name = students_lib.parse_image_set(cfg.images, 'config.train_students.images')
-  return cfg.name or f'{kind}-{name}-{cfg.labels}'
 
 
 def _recipe(cfg, labeler) -> students_lib.Recipe:
@@ -76,7 +42,7 @@ def _recipe(cfg, labeler) -> students_lib.Recipe:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains the students (or returns the finished record)."""
-  check_config(config)
+  students_lib.check_config(config)
   cfg = config.train_students
   where = 'config.train_students'
   start = time.time()
@@ -99,7 +65,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       'lia': {k: cfg.lia[k] for k in ('temperature', 'mode')} if teachers else {},
       'otm': cfg.otm.to_dict() if teachers else {},
   }
-  out = layout.students_dir(workdir, students_name(cfg))
+  out = layout.students_dir(workdir, students_lib.students_name(cfg))
   with artifacts.exclusive(out):
     expected = artifacts.fingerprint(inputs)
     record = artifacts.finished_or_start(os.path.join(out, 'students.json'),
