@@ -64,6 +64,11 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
       'distill_sample' not in jobs.JOBS or 'distill_sample' not in config):
     raise ValueError('config.distill.rows need distilled images, but this checkout has no '
                      'distill_sample job (or the config no distill_sample section)')
+  if any(ROWS.get(r, ('',))[0] in GUIDANCE for r in cfg.rows):
+    for ipc in cfg.ipcs:  # the sampler refuses it too, but only after the generator trained.
+      if ipc > config.distill_sample.max_ipc:
+        raise ValueError(f'config.distill.ipcs: IPC {ipc} exceeds the sampler\'s batch limit '
+                         f'config.distill_sample.max_ipc {config.distill_sample.max_ipc}')
 
 
 def _sample_config(config, tag: str, ipc: int, seed: int) -> ml_collections.ConfigDict:

@@ -68,3 +68,12 @@ def test_pool_smaller_than_the_map_asks_fails_before_any_work(distill_config, tm
     jobs.run('distill', distill_config, str(tmp_path))
   assert '\n' not in str(e.value)
   assert os.listdir(tmp_path) == []
+
+
+def test_ipc_above_the_sampler_limit_fails_before_any_work(distill_config, tmp_path):
+  distill_config.distill.ipcs = (2, 8)
+  distill_config.distill_sample.max_ipc = 5
+  with pytest.raises(ValueError, match="IPC 8 exceeds the sampler's batch limit "
+                     'config.distill_sample.max_ipc 5'):
+    jobs.run('distill', distill_config, str(tmp_path))
+  assert os.listdir(tmp_path) == []
