@@ -51,7 +51,9 @@ def _config(digits_workdir):
 def random_selection(digits_workdir):
   config, workdir = digits_workdir
   config = config.copy_and_resolve_references()
-  config.select.method, config.select.budget, config.select.name = 'random', '5/class', ''
+  # A name of its own: the session's workdir is shared with the select job's tests.
+  config.select.method, config.select.budget = 'random', '5/class'
+  config.select.name = 'students-random-5perclass'
   jobs.run('select', config, workdir)
   return 'selection:' + layout.selection_name(config.select)
 
