@@ -17,6 +17,7 @@ function returns a fresh ConfigDict for one section of the experiment config:
     config.export           export()           the export job (a selection as image files)
     config.distill_sample   distill_sample()   OT-guided sampling of a distilled set (OTG)
     config.study            study()            the study job (a grid of cells, CAS)
+    config.train_students   train_students()   students on an image set (LIA + OTM)
 
 The libraries read these fields; their meaning is documented here, once.
 """
@@ -448,4 +449,54 @@ def study() -> ml_collections.ConfigDict:
           'learning_rate': 3e-3,
           'weight_decay': 1e-4,
       }),
+  })
+
+
+def lia() -> ml_collections.ConfigDict:
+  """LIA's soft labels (gadc_jax.distill.soft_labels): teachers of config.networks trained
+  on the whole real train split; the number used follows the image set's IPC."""
+  return ml_collections.ConfigDict({
+      'pool': ('teacher_a', 'teacher_b', 'teacher_c', 'teacher_d'),  # in order of use.
+      # IPC -> teachers (the first k of the pool); an IPC between keys takes the entry of
+      # the largest key below it.
+      'teachers_per_ipc': ml_collections.ConfigDict({'1': 1, '10': 2, '50': 4}),
+      'fixed_teachers': 0,     # > 0: this many whatever the IPC (the "without LIA" row).
+      'temperature': 1.0,      # of the teachers' softmax.
+      'mode': 'per_view',      # 'per_view' (each augmented view, as RDED/FKD) or 'once'.
+  })
+
+
+def otm() -> ml_collections.ConfigDict:
+  """OTM's loss (gadc_jax.distill.otm): kappa1 CE + kappa2 MSE + beta2 SD. The weights are
+  not published; SD's temperature, epsilon and rounds are SinKD's."""
+  return ml_collections.ConfigDict({
+      'kappa1': 1.0,
+      'kappa2': 1.0,
+      'beta2': 0.05,
+      'temperature': 2.0,
+      'epsilon': 0.1,
+      'iterations': 20,
+  })
+
+
+def train_students() -> ml_collections.ConfigDict:
+  """config.train_students: students of config.networks trained from scratch on an image set
+  with OTM and LIA (or hard labels alone), scored by top-1 on the real eval split."""
+  return ml_collections.ConfigDict({
+      'images': '',            # 'distilled:NAME' or 'selection:NAME'.
+      'name': '',              # output folder; '' = KIND-NAME-LABELS.
+      'students': ('student_cnn',),
+      'labels': 'soft',        # 'soft' (OTM with LIA's labels) or 'hard' (CE alone).
+      'split': 'train',        # the split a selection indexes.
+      'eval_split': 'test',
+      'seed': 0,
+      'steps': 400,
+      'batch_size': 64,
+      'learning_rate': 3e-3,
+      'weight_decay': 0.01,
+      'warmup_steps': 0,
+      # Augmentation: shifts of up to `shift` pixels (edge padding, random crop) and flips.
+      'augment': ml_collections.ConfigDict({'shift': 1, 'flip': False}),
+      'lia': lia(),
+      'otm': otm(),
   })

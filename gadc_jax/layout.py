@@ -12,7 +12,9 @@
     WORKDIR/eval/RUN.json, eval/RUN/        evaluate
     WORKDIR/eval_cache/                     evaluate (reference embeddings)
     WORKDIR/exports/NAME/                   export (a selection or a cell's, as image files)
-    WORKDIR/distilled/NAME/                 distill_sample
+    WORKDIR/distilled/NAME/                 distill_sample (a distilled image set)
+    WORKDIR/students/NAME/                  train_students
+    WORKDIR/distill/                        distill (cells, study.json, report)
 
 A job finds the artifacts of the jobs before it through these names, never through another
 job's module.
@@ -134,3 +136,13 @@ def distilled_file(workdir: str, name: str) -> str:
 def resolve(workdir: str, path: str) -> str:
   """A user-given path: absolute as is, relative ones under the workdir."""
   return path if os.path.isabs(path) else os.path.join(workdir, path)
+
+
+def students_dir(workdir: str, name: str) -> str:
+  """Students trained by the train_students job on one image set with one labelling."""
+  return os.path.join(workdir, 'students', name)
+
+
+def distill_dir(workdir: str) -> str:
+  """The distill job's cells, study.json and report."""
+  return os.path.join(workdir, 'distill')

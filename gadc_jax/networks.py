@@ -31,6 +31,7 @@ _NOT_MODULE_ARGS = ('arch', 'seed', 'checkpoint', 'input_size', 'bfloat16')
 _PRETRAINED = {
     'inception_v3_fid': (1008, lambda c, p: c.inception_from_torch(p, 'fid')),
     'inception_v3': (1000, lambda c, p: c.inception_from_torch(p, 'torchvision')),
+    'resnet18': (1000, lambda c, p: c.resnet_from_torch(p, 18)),
     'resnet34': (1000, lambda c, p: c.resnet_from_torch(p, 34)),
     'resnet50': (1000, lambda c, p: c.resnet_from_torch(p, 50)),
     'dinov2_s14': (0, lambda c, p: c.dinov2_from_torch(p, 's')),

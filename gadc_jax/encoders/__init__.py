@@ -11,6 +11,7 @@ _ARCHS = {
     'digits_mlp': 'digits:DigitsMLP',
     'inception_v3_fid': 'inception:InceptionV3FID',
     'inception_v3': 'inception:InceptionV3Torchvision',
+    'resnet18': 'resnet:ResNet18',
     'resnet34': 'resnet:ResNet34',
     'resnet50': 'resnet:ResNet50',
     'dinov2_s14': 'dinov2:Dinov2S14',

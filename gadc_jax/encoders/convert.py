@@ -107,9 +107,9 @@ def inception_from_torch(state_dict: Source, variant: str = 'fid',
 
 def resnet_from_torch(state_dict: Source, depth: int, num_classes: int = 1000) -> dict:
   """Flax variables {'params', 'batch_stats'} for `resnet.ResNet(depth)` from torchvision's
-  resnet34 / resnet50 weights (a dict of arrays or a file path)."""
-  if depth not in (34, 50):
-    raise ValueError(f'ResNet depth must be 34 or 50, not {depth}')
+  resnet18 / resnet34 / resnet50 weights (a dict of arrays or a file path)."""
+  if depth not in (18, 34, 50):
+    raise ValueError(f'ResNet depth must be 18, 34 or 50, not {depth}')
   # layer1_0 -> layer1.0, downsample_1 -> downsample.1 (torch's Sequential indices).
   rename = functools.partial(re.sub, r'(layer\d|downsample)_(\d+)', r'\1.\2')
   return _convert(*_read(state_dict), resnet.ResNet(depth=depth, num_classes=num_classes),

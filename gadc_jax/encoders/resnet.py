@@ -1,9 +1,9 @@
-"""ResNet-34 and ResNet-50 in Flax, laid out as torchvision's (v1.5: ResNet-50 strides in the
+"""ResNet-18, ResNet-34 and ResNet-50 in Flax, laid out as torchvision's (v1.5: ResNet-50 strides in the
 3x3 conv of a bottleneck), eval mode (BatchNorm running stats, eps 1e-5).
 
 Input: images [B, H, W, 3] in [-1, 1], typically 224 x 224 (any size >= 32 works: the head
 pools globally). torchvision's weights expect ImageNet-normalised RGB, so the module maps
-[-1, 1] to that itself. Output: (features [B, 512 (ResNet-34) or 2048 (ResNet-50)], the global
+[-1, 1] to that itself. Output: (features [B, 512 (ResNet-18/34) or 2048 (ResNet-50)], the global
 average pool of the last stage; logits [B, num_classes]).
 """
 
@@ -18,7 +18,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # depth -> (blocks per stage, bottleneck blocks?)
-_LAYOUTS = {34: ((3, 4, 6, 3), False), 50: ((3, 4, 6, 3), True)}
+_LAYOUTS = {18: ((2, 2, 2, 2), False), 34: ((3, 4, 6, 3), False), 50: ((3, 4, 6, 3), True)}
 
 
 def imagenet_normalize(images: jnp.ndarray) -> jnp.ndarray:
@@ -66,7 +66,7 @@ class ResNet(nn.Module):
   """images [B, H, W, 3] in [-1, 1] -> (features [B, 512 or 2048], logits [B, num_classes]).
 
   Attributes:
-    depth: 34 or 50.
+    depth: 18, 34 or 50.
     num_classes: width of the final linear layer `fc`.
     dtype: computation dtype; params stay float32.
   """
@@ -92,6 +92,11 @@ class ResNet(nn.Module):
                           name=f'layer{stage + 1}_{block}')(x)
     features = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     return features, nn.Dense(self.num_classes, name='fc')(features)
+
+
+class ResNet18(ResNet):
+  """Registry name 'resnet18' (the distillation's teachers and students on ImageNet)."""
+  depth: int = 18
 
 
 class ResNet34(ResNet):

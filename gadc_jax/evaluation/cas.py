@@ -63,7 +63,8 @@ def train_and_score(net_cfg: ml_collections.ConfigDict, cfg: ml_collections.Conf
   labels = np.asarray(labels, np.int32)
   for step in range(cfg.steps):
     idx = train_state.batch_indices(key, step, len(labels), cfg.batch_size)
-    state, _ = classifier.train_step(state, images[idx], labels[idx], model=model, tx=tx)
+    batch = {'image': images[idx], 'label': labels[idx]}
+    state, _, _ = classifier.train_step(state, batch, key, model=model, tx=tx)
   return classifier.accuracy(model, state['params'], test_images,
                              np.asarray(test_labels, np.int32))
 

@@ -12,8 +12,8 @@ import ml_collections
 from gadc_jax import artifacts
 
 JOBS = ('train_classifier', 'features', 'difficulty', 'select', 'text_embeddings', 'repa_targets',
-        'train', 'sample', 'evaluate', 'report', 'export', 'distill_sample', 'pipeline',
-        'study')
+        'train', 'sample', 'evaluate', 'report', 'export', 'distill_sample', 'train_students',
+        'distill', 'pipeline', 'study')
 
 
 def check_name(name: str) -> None:

@@ -102,8 +102,9 @@ def _train(config: ml_collections.ConfigDict, name: str, out: str) -> dict:
   num = len(train['label'])
   for step in range(int(state['step']), cfg.steps):
     idx = train_state.batch_indices(key, step, num, cfg.batch_size)
-    images, labels = jax.device_put((train['image'][idx], train['label'][idx]), replicated)
-    state, loss = classifier.train_step(state, images, labels, model=model, tx=tx)
+    batch = jax.device_put({'image': train['image'][idx], 'label': train['label'][idx]},
+                           replicated)
+    state, loss, _ = classifier.train_step(state, batch, key, model=model, tx=tx)
     if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
       writer.write_scalars(step + 1, {'train_loss': float(loss)})
     stop = preemption.stop_agreed()

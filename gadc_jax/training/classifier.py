@@ -1,8 +1,11 @@
-"""Small Flax classifiers trained with optax: the step, the loss and top-1 accuracy.
+"""Classifier training shared by the train_classifier job (networks on the real data), CAS
+(a classifier trained on a cell's samples, gadc_jax.evaluation.cas) and the distillation's
+students: state, one jitted AdamW step over any loss, and top-1 accuracy. A classifier trained
+on the same images with the same settings and seed is the same classifier.
 
-The train_classifier job (the selection and evaluation networks) and CAS (a classifier
-trained on a cell's samples, gadc_jax.evaluation.cas) train with these, so that a classifier
-trained on the same images with the same settings and seed is the same classifier.
+A state is {'params': the module's variables, 'opt_state', 'step'}; a loss is
+loss_fn(variables, model, batch, key) -> (scalar, metrics dict), a hashable function (it is a
+static argument of the jitted step).
 """
 
 import functools
@@ -27,18 +30,23 @@ def batch_key(seed: int) -> jax.Array:
   return jax.random.PRNGKey(seed + 1)
 
 
-def _loss(params, model, images, labels):
-  _, logits = model.apply(params, networks.to_unit_range(images))
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+def cross_entropy_loss(params, model, batch, key):
+  """CE of the hard labels: batch {'image': uint8 [B, H, W, C], 'label': int32 [B]}."""
+  del key
+  _, logits = model.apply(params, networks.to_unit_range(batch['image']))
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
+  return loss, {}
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'tx'))
-def train_step(state, images, labels, *, model, tx):
-  """One AdamW step. images [B, H, W, C] uint8, labels [B] int32 -> (state, loss)."""
-  loss, grads = jax.value_and_grad(_loss)(state['params'], model, images, labels)
+@functools.partial(jax.jit, static_argnames=('model', 'tx', 'loss_fn'))
+def train_step(state, batch, key, *, model, tx, loss_fn=cross_entropy_loss):
+  """One optimizer step of loss_fn on `batch` -> (state, loss, metrics)."""
+  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state['params'], model, batch, key)
   updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
   params = optax.apply_updates(state['params'], updates)
-  return {'params': params, 'opt_state': opt_state, 'step': state['step'] + 1}, loss
+  return ({'params': params, 'opt_state': opt_state, 'step': state['step'] + 1}, loss,
+          metrics)
 
 
 @functools.partial(jax.jit, static_argnames=('model',))
@@ -47,7 +55,7 @@ def _predict(params, images, *, model):
 
 
 def accuracy(model, params, images: np.ndarray, labels: np.ndarray, batch_size=1024) -> float:
-  """Top-1 accuracy of the classifier on images uint8 [N, H, W, C] with labels [N]."""
+  """Top-1 accuracy of `model` on uint8 images [N, H, W, C] with labels [N]."""
   correct = 0
   placed = jax.tree.leaves(params)[0].sharding  # the images go where the params are.
   for i in range(0, len(labels), batch_size):

@@ -37,16 +37,23 @@ def training_positions(config, workdir: str) -> tuple[np.ndarray, np.ndarray, di
   if not selection:  # the whole split (it is held in memory: meant for small sets).
     labels = input_pipeline.load_split_arrays(config.data, cfg.split)['label']
     return np.arange(info.num_examples), labels, {'dataset': dataset}
-  folder = layout.selection_dir(workdir, selection)
+  positions, labels, fingerprint = read_selection(workdir, selection, dataset)
+  return positions, labels, {'dataset': dataset, 'selection': fingerprint}
+
+
+def read_selection(workdir: str, name: str, dataset: list) -> tuple[np.ndarray, np.ndarray, str]:
+  """(positions in the split [n], labels [n], fingerprint) of selection folder `name`,
+  checked to be whole and made on `dataset` ([name, version, split] of split_info)."""
+  folder = layout.selection_dir(workdir, name)
   summary = artifacts.read_json(os.path.join(folder, 'selection.json'))
   if summary['inputs'].get('dataset') != dataset:
     raise ValueError(
         f'selection {folder} was made on {summary["inputs"].get("dataset")}, but config.data '
-        f'and config.train.split give {dataset}')
+        f'and the split read give {dataset}')
   _verify_selection(folder, summary)
   with np.load(os.path.join(folder, 'selection.npz')) as z:
     positions, labels = z['positions'], z['labels']
-  return positions, labels, {'dataset': dataset, 'selection': summary['fingerprint']}
+  return positions, labels, summary['fingerprint']
 
 
 def _verify_selection(folder: str, summary: dict) -> None:

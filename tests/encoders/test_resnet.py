@@ -1,4 +1,4 @@
-"""ResNet-34 / ResNet-50 against torchvision with the same random weights."""
+"""ResNet-18 / ResNet-34 / ResNet-50 against torchvision with the same random weights."""
 
 import jax
 import pytest
@@ -12,7 +12,7 @@ from gadc_jax.encoders import resnet  # pylint: disable=g-import-not-at-top
 import torch_oracle as oracle  # pylint: disable=g-import-not-at-top
 
 
-@pytest.mark.parametrize('depth', [34, 50])
+@pytest.mark.parametrize('depth', [18, 34, 50])
 def test_matches_torchvision(depth):
   torch.manual_seed(depth)
   net = getattr(torchvision.models, f'resnet{depth}')(weights=None)
@@ -32,6 +32,6 @@ def test_matches_torchvision(depth):
   variables = convert.resnet_from_torch(oracle.state_dict_numpy(net), depth)
   out_features, out_logits = jax.jit(encoders.build(f'resnet{depth}', 1000).apply)(
       variables, images)
-  assert out_features.shape == (2, 512 if depth == 34 else 2048)
+  assert out_features.shape == (2, 2048 if depth == 50 else 512)
   oracle.assert_close(out_features, features['pool'].numpy())
   oracle.assert_close(out_logits, logits)

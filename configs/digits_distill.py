@@ -1,0 +1,98 @@
+"""OT generative dataset distillation on the embedded digits (`distill` job), on a CPU.
+
+    python main.py --config=configs/digits_distill.py --workdir=workdir/digits-distill
+    python main.py --config=configs/digits_distill.py:smoke=True --workdir=workdir/dd-smoke
+
+Stages: four teachers (CNNs and MLPs of several widths and seeds) and IGD's surrogate CNN on
+the whole train split; the project's small DiT trained on the whole train split (the
+generator); for IPC 1 and 10 and seeds 0, 1, 2: distilled sets with OT guidance off ('igd')
+and on ('igd+otg'), random / herding / GADC selections of IPC real images per class; then per
+row (the paper's ablation: igd and igd+otg with hard labels; soft labels without OTG; without
+LIA; without OTM; full; and the three real-image baselines with the full labelling) a CNN and
+an MLP student trained from scratch. Each (row, IPC, seed) is a cell of WORKDIR/distill.
+
+Arguments (`:name=value,...`): smoke=True runs every stage at toy sizes (one IPC, one seed;
+its numbers mean nothing).
+"""
+
+import ml_collections
+
+from gadc_jax import defaults
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  args = defaults.parse_args(arg, smoke=False)
+  config = ml_collections.ConfigDict()
+  config.job = 'distill'
+  config.data = defaults.data()
+
+  # Teachers (LIA's pool, in order of use), the surrogate of IGD's influence term, the
+  # networks the baselines select in, and the students (trained by train_students, not here).
+  config.networks = ml_collections.ConfigDict({
+      'teacher_a': {'arch': 'digits_cnn', 'seed': 10, 'width': 32},
+      'teacher_b': {'arch': 'digits_mlp', 'seed': 11, 'width': 128},
+      'teacher_c': {'arch': 'digits_cnn', 'seed': 12, 'width': 64},
+      'teacher_d': {'arch': 'digits_mlp', 'seed': 13, 'width': 256},
+      'surrogate': {'arch': 'digits_cnn', 'seed': 20, 'width': 16},
+      'student_cnn': {'arch': 'digits_cnn', 'seed': 30, 'width': 16},
+      'student_mlp': {'arch': 'digits_mlp', 'seed': 31, 'width': 64},
+  })
+  config.classifier = defaults.classifier()
+  config.classifier.networks = ('teacher_a', 'teacher_b', 'teacher_c', 'teacher_d',
+                                'surrogate')
+
+  # The baselines' selections, in teacher_a's space; their diagnostics in other spaces are
+  # skipped (the students' accuracy is the measure here).
+  config.features = defaults.features()
+  config.features.networks = ('teacher_a',)
+  config.select = defaults.select()
+  config.select.network = 'teacher_a'
+  config.select.eval_networks = ()
+
+  # The generator: the digits DiT of configs/digits.py, on the whole train split.
+  config.train = defaults.train()
+  config.train.selection = ''
+  config.train.model = 'DiT-S/2'
+  config.train.model_overrides = ml_collections.ConfigDict(
+      {'depth': 4, 'hidden': 128, 'heads': 4})
+  config.train.steps = 2000
+  config.train.batch_size = 64
+  config.train.learning_rate = 1e-3
+  config.train.ema_decay = 0.995
+  config.train.log_every = 250
+  config.train.checkpoint_every = 1000
+  config.train.sampler.steps = 50
+
+  config.distill_sample = defaults.distill_sample()
+  config.distill_sample.surrogate.networks = ('surrogate',)
+
+  config.train_students = defaults.train_students()
+  config.train_students.students = ('student_cnn', 'student_mlp')
+  config.train_students.lia.pool = ('teacher_a', 'teacher_b', 'teacher_c', 'teacher_d')
+  config.train_students.augment.shift = 1
+
+  config.distill = ml_collections.ConfigDict({
+      'ipcs': (1, 10),
+      'seeds': (0, 1, 2),
+      'rows': ('igd', 'igd+otg', 'no_otg', 'no_lia', 'no_otm', 'full', 'random', 'herding',
+               'gadc'),
+  })
+
+  if args.smoke:
+    config.classifier.steps = 20
+    config.classifier.log_every = config.classifier.checkpoint_every = 10
+    config.select.gadc.rounds = 2
+    config.train.model_overrides = ml_collections.ConfigDict(
+        {'depth': 1, 'hidden': 32, 'heads': 2})
+    config.train.steps = 4
+    config.train.log_every = config.train.checkpoint_every = 2
+    config.train.grid_per_class = 2
+    config.train.sampler.steps = 4
+    config.distill_sample.sampler.steps = 4
+    config.distill_sample.window = (1, 3)
+    config.distill_sample.ot.num_real = 10
+    config.distill_sample.surrogate.num_real = 10
+    config.train_students.steps = 5
+    config.distill.ipcs = (2,)
+    config.distill.seeds = (0,)
+  return config
