@@ -158,7 +158,7 @@ def built(tmp_path_factory, tfds_dir):
   return config, workdir, cells, result
 
 
-def _tables(text, heading):
+def tables(text, heading):
   """{first cell: row} of the first Markdown table after `heading`."""
   lines = text.split(heading, 1)[1].splitlines()
   start = next(i for i, line in enumerate(lines) if line.startswith('|'))
@@ -169,7 +169,7 @@ def _tables(text, heading):
                   for r in rows[2:]}
 
 
-def _independent_interval(values):
+def independent_interval(values):
   """mean ± t_{0.975,n-1} s / sqrt(n) in NumPy and scipy.stats.t.ppf, 4 significant digits."""
   x = np.asarray(values)
   if len(x) == 1:
@@ -187,7 +187,7 @@ def test_every_mean_in_report_md_is_recomputed_from_the_cells(built):
   assert 'gadc-10%-seed9' in text.split('## Metrics')[0]  # listed, not measured
   for budget in (*BUDGETS, 'full'):
     section = text.split(f'## Budget {budget}\n', 1)[1]
-    header, rows = _tables(section, '### Means over seeds')
+    header, rows = tables(section, '### Means over seeds')
     metrics = header[3:]
     assert metrics == sorted(METRICS)
     groups = [g for g in (*GROUPS, 'full') if any(
@@ -197,7 +197,7 @@ def test_every_mean_in_report_md_is_recomputed_from_the_cells(built):
       mine = [c for c in cells if c['group'] == group and c['budget'] == budget]
       assert rows[group][2] == str(len(mine))
       for i, metric in enumerate(metrics):
-        assert rows[group][3 + i] == _independent_interval([c['metrics'][metric] for c in mine])
+        assert rows[group][3 + i] == independent_interval([c['metrics'][metric] for c in mine])
 
 
 def test_paired_differences_in_report_md(built):
@@ -205,7 +205,7 @@ def test_paired_differences_in_report_md(built):
   text = open(result['report']).read()
   assert '## Budget full' in text and 'against random' not in text.split('## Budget full')[1]
   section = text.split('## Budget 5%\n', 1)[1]
-  header, rows = _tables(section, '### Paired differences against random')
+  header, rows = tables(section, '### Paired differences against random')
   assert list(rows) == ['gadc', 'gadc-no_ot']
   for group in rows:
     assert rows[group][1] == '0 1 2'
@@ -219,7 +219,7 @@ def test_paired_differences_in_report_md(built):
                                     f'(p={test.pvalue:.4g})')
   # at 10% the ablation has one seed: a difference without interval or p.
   section = text.split('## Budget 10%\n', 1)[1]
-  _, rows = _tables(section, '### Paired differences against random')
+  _, rows = tables(section, '### Paired differences against random')
   assert rows['gadc-no_ot'][1] == '0' and rows['gadc-no_ot'][2].endswith('(1 seed)')
 
 

@@ -1,7 +1,10 @@
 """The study job on the smoke digits study: the grid, every cell.json against the format the
-report reads, study.json, and a study killed after its first cell resuming without redoing it."""
+report reads, study.json, the report it ends with, and a study killed after its first cell
+resuming without redoing it."""
 
+import csv
 import os
+import re
 import runpy
 
 import pytest
@@ -10,6 +13,7 @@ from gadc_jax import jobs
 from gadc_jax import study
 from gadc_jax.jobs import study as study_job
 from tests.conftest import REPO, killed_after
+from tests.jobs import test_report
 
 _CELL_KEYS = {'cell', 'group', 'family', 'budget', 'budget_value', 'seed', 'hparams', 'metrics',
               'diagnostics', 'seconds', 'selection', 'fingerprint'}
@@ -108,6 +112,22 @@ def test_smoke_study_writes_cells_and_resumes_after_a_kill(tmp_path, tfds_dir, m
     assert all(isinstance(v, (int, float, str, bool)) for v in rec['hparams'].values())
     assert rec['hparams']['select.seed'] == rec['hparams']['train.seed'] == cell.seed
     assert os.path.exists(os.path.join(workdir, rec['selection'], 'selection.json'))
+  # The report the study ends with: every mean in report.md recomputed from the cells' JSON,
+  # a results.csv row per cell, every linked plot on disk.
+  report_dir = os.path.join(workdir, 'report')
+  text = open(os.path.join(report_dir, 'report.md')).read()
+  header, rows = test_report.tables(text.split('## Budget 10%\n', 1)[1], '### Means over seeds')
+  cells = [study.finished(config, workdir, cell) for cell in grid]
+  assert list(rows) == ['random'] and rows['random'][2] == '2'
+  assert header[3:] and set(header[3:]) <= set(cells[0]['metrics'])
+  for i, metric in enumerate(header[3:]):
+    assert rows['random'][3 + i] == test_report.independent_interval(
+        [c['metrics'][metric] for c in cells]), metric
+  with open(os.path.join(report_dir, 'results.csv')) as f:
+    assert [row['cell'] for row in csv.DictReader(f)] == [c.name for c in grid]
+  links = re.findall(r'\]\((plots/[^)]+)\)', text)
+  assert links and all(os.path.exists(os.path.join(report_dir, link)) for link in links)
+
   # Each reference is its own evaluation of the cell's samples.
   evals = os.path.join(workdir, 'cells', 'random-10%-seed0', 'eval')
   assert {'train.json', 'test.json'} <= set(os.listdir(evals))
