@@ -15,9 +15,14 @@ Arguments (`:name=value,...`): smoke=True runs every stage at toy sizes (one IPC
 its numbers mean nothing).
 """
 
+import os
+import runpy
+
 import ml_collections
 
 from gadc_jax import defaults
+
+_DIGITS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'digits.py')
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -37,31 +42,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       'student_cnn': {'arch': 'digits_cnn', 'seed': 30, 'width': 16},
       'student_mlp': {'arch': 'digits_mlp', 'seed': 31, 'width': 64},
   })
-  config.classifier = defaults.classifier()
+  # The classifiers' and selections' settings and the generator are configs/digits.py's
+  # (its smoke sizes with smoke=True): its DiT, trained here on the whole train split.
+  digits = runpy.run_path(_DIGITS)['get_config'](f'smoke={args.smoke}')
+  config.classifier = digits.classifier
   config.classifier.networks = ('teacher_a', 'teacher_b', 'teacher_c', 'teacher_d',
                                 'surrogate')
 
   # The baselines' selections, in teacher_a's space; their diagnostics in other spaces are
   # skipped (the students' accuracy is the measure here).
-  config.features = defaults.features()
+  config.features = digits.features
   config.features.networks = ('teacher_a',)
-  config.select = defaults.select()
+  config.select = digits.select
   config.select.network = 'teacher_a'
   config.select.eval_networks = ()
 
-  # The generator: the digits DiT of configs/digits.py, on the whole train split.
-  config.train = defaults.train()
+  config.train = digits.train
   config.train.selection = ''
-  config.train.model = 'DiT-S/2'
-  config.train.model_overrides = ml_collections.ConfigDict(
-      {'depth': 4, 'hidden': 128, 'heads': 4})
-  config.train.steps = 2000
-  config.train.batch_size = 64
-  config.train.learning_rate = 1e-3
-  config.train.ema_decay = 0.995
-  config.train.log_every = 250
-  config.train.checkpoint_every = 1000
-  config.train.sampler.steps = 50
 
   config.distill_sample = defaults.distill_sample()
   config.distill_sample.surrogate.networks = ('surrogate',)
@@ -71,23 +68,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train_students.lia.pool = ('teacher_a', 'teacher_b', 'teacher_c', 'teacher_d')
   config.train_students.augment.shift = 1
 
-  config.distill = ml_collections.ConfigDict({
-      'ipcs': (1, 10),
-      'seeds': (0, 1, 2),
-      'rows': ('igd', 'igd+otg', 'no_otg', 'no_lia', 'no_otm', 'full', 'random', 'herding',
-               'gadc'),
-  })
+  config.distill = defaults.distill()
 
   if args.smoke:
-    config.classifier.steps = 20
-    config.classifier.log_every = config.classifier.checkpoint_every = 10
-    config.select.gadc.rounds = 2
-    config.train.model_overrides = ml_collections.ConfigDict(
-        {'depth': 1, 'hidden': 32, 'heads': 2})
-    config.train.steps = 4
-    config.train.log_every = config.train.checkpoint_every = 2
-    config.train.grid_per_class = 2
-    config.train.sampler.steps = 4
     config.distill_sample.sampler.steps = 4
     config.distill_sample.window = (1, 3)
     config.distill_sample.ot.num_real = 10

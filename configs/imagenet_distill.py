@@ -80,12 +80,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train_students.warmup_steps = 500
   config.train_students.augment = ml_collections.ConfigDict({'shift': 16, 'flip': True})
 
-  config.distill = ml_collections.ConfigDict({
-      'ipcs': (10, 50),
-      'seeds': (0, 1, 2),
-      'rows': ('igd', 'igd+otg', 'no_otg', 'no_lia', 'no_otm', 'full', 'random', 'herding',
-               'gadc'),
-  })
+  config.distill = defaults.distill()
+  config.distill.ipcs = (10, 50)
   if args.smoke:
     config.train.model = 'DiT-S/2'
     config.train.model_overrides = ml_collections.ConfigDict(

@@ -18,6 +18,7 @@ function returns a fresh ConfigDict for one section of the experiment config:
     config.distill_sample   distill_sample()   OT-guided sampling of a distilled set (OTG)
     config.study            study()            the study job (a grid of cells, CAS)
     config.train_students   train_students()   students on an image set (LIA + OTM)
+    config.distill          distill()          the distill job's grid of rows, IPCs and seeds
 
 The libraries read these fields; their meaning is documented here, once.
 """
@@ -499,4 +500,15 @@ def train_students() -> ml_collections.ConfigDict:
       'augment': ml_collections.ConfigDict({'shift': 1, 'flip': False}),
       'lia': lia(),
       'otm': otm(),
+  })
+
+
+def distill() -> ml_collections.ConfigDict:
+  """config.distill: the distill job's cells, every row at every IPC and seed."""
+  return ml_collections.ConfigDict({
+      'ipcs': (1, 10),
+      'seeds': (0, 1, 2),
+      # The paper's ablation (gadc_jax.jobs.distill.ROWS), then the real-image baselines.
+      'rows': ('igd', 'igd+otg', 'no_otg', 'no_lia', 'no_otm', 'full', 'random', 'herding',
+               'gadc'),
   })
