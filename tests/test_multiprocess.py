@@ -71,7 +71,6 @@ def _files(root: str, name: str) -> list[str]:
   return found
 
 
-@pytest.mark.slow
 def test_classifiers_features_and_selection_are_the_same(runs):
   one, _ = runs
   for rel in _files(one, 'classifier.json'):
@@ -95,7 +94,6 @@ def test_classifiers_features_and_selection_are_the_same(runs):
     np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
-@pytest.mark.slow
 def test_train_samples_and_metrics_agree(runs, tfds_dir):
   import jax  # pylint: disable=g-import-not-at-top
   from gadc_jax import generator  # pylint: disable=g-import-not-at-top

@@ -78,7 +78,8 @@ def test_scores_equal_the_denoising_loss_computed_directly(d2c_run):
   assert np.unique(arrays['difficulty']).size == len(arrays['difficulty'])
 
 
-@pytest.mark.slow  # the d2c_run fixture: a scorer trained, a split scored.
+# The d2c pipeline end to end (the d2c_run fixture: a scorer trained, a split scored); CI
+# runs it.
 def test_the_pipeline_selects_by_difficulty(d2c_run):
   """D2C's Select phase on the scores: every 4th image of a class, ranked by |score - 0.40|,
   not the every-4th-by-index picks that zero scores gave."""

@@ -29,7 +29,7 @@ def distill_config(tfds_dir):
   return config
 
 
-@pytest.mark.slow
+# The distillation pipeline end to end at smoke size: CI runs it.
 def test_smoke_writes_cells_and_table_and_reruns_skip(distill_config, tmp_path, capsys,
                                                       monkeypatch):
   workdir = str(tmp_path)

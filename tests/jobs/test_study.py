@@ -65,7 +65,7 @@ def test_unknown_ablation_key_is_refused():
     study.check_config(config)
 
 
-@pytest.mark.slow  # two cells of the smoke study (a DiT compiled per cell).
+# The smoke study end to end: CI runs it (two cells, about two minutes).
 def test_smoke_study_writes_cells_and_resumes_after_a_kill(tmp_path, tfds_dir, monkeypatch):
   config = study_config(tfds_dir)
   config.study.methods = ('random',)  # two cells: enough for a kill between them.
