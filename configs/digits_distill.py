@@ -69,6 +69,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train_students.augment.shift = 1
 
   config.distill = defaults.distill()
+  config.report = defaults.report()  # the distill job's table and plots (report.root: set by the job)
 
   if args.smoke:
     config.distill_sample.sampler.steps = 4

@@ -81,6 +81,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train_students.augment = ml_collections.ConfigDict({'shift': 16, 'flip': True})
 
   config.distill = defaults.distill()
+  config.report = defaults.report()  # the distill job's table and plots (report.root: set by the job)
   config.distill.ipcs = (10, 50)
   if args.smoke:
     config.train.model = 'DiT-S/2'

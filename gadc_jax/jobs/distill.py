@@ -7,9 +7,9 @@ then for each IPC and seed the image sets (distill_sample with OT guidance off, 
 on, 'igd+otg'; the select job for each baseline method at IPC images per class) and, per row,
 train_students on the row's image set with the row's labelling. Each cell lands in
 WORKDIR/distill/cells/CELL/cell.json (the shared cell format; metrics top1_<student>), and
-WORKDIR/distill/study.json lists them; the report job (if there is one) rebuilds
-WORKDIR/distill/report/ from them, else a plain table is printed. Every stage skips finished
-work, so a rerun redoes only what is missing.
+WORKDIR/distill/study.json lists them; the report job (config.report) rebuilds
+WORKDIR/distill/report/ from them, and the job prints the table of mean ± std over seeds.
+Every stage skips finished work, so a rerun redoes only what is missing.
 """
 
 import os
@@ -60,11 +60,13 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
   for ipc in cfg.ipcs:  # a pool too small for an IPC fails now, not after the generator.
     soft_labels.choose_teachers(lia.pool, lia.teachers_per_ipc, ipc, lia.fixed_teachers,
                                 'config.train_students.lia')
-  if any(ROWS.get(r, ('',))[0] in GUIDANCE for r in cfg.rows) and (
-      'distill_sample' not in jobs.JOBS or 'distill_sample' not in config):
-    raise ValueError('config.distill.rows need distilled images, but this checkout has no '
-                     'distill_sample job (or the config no distill_sample section)')
+  if 'report' not in config:
+    raise ValueError('config.report is missing: the distill job ends with the report job '
+                     '(defaults.report())')
   if any(ROWS.get(r, ('',))[0] in GUIDANCE for r in cfg.rows):
+    if 'distill_sample' not in config:
+      raise ValueError('config.distill.rows need distilled images, but the config has no '
+                       'distill_sample section (defaults.distill_sample())')
     for ipc in cfg.ipcs:  # the sampler refuses it too, but only after the generator trained.
       if ipc > config.distill_sample.max_ipc:
         raise ValueError(f'config.distill.ipcs: IPC {ipc} exceeds the sampler\'s batch limit '
@@ -147,12 +149,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   study = {'command': ' '.join(sys.argv), 'config': config.to_dict(), 'cells': cells,
            'baseline_group': 'igd' if 'igd' in rows else rows[0], 'lower_is_better': []}
   artifacts.atomic_write_json(os.path.join(root, 'study.json'), study)
-  if 'report' in jobs.JOBS:
-    report_config = config.copy_and_resolve_references()
-    if 'report' not in report_config:
-      report_config.report = defaults.report()
-    report_config.report.root = os.path.relpath(root, workdir)
-    jobs.run('report', report_config, workdir)
+  report_config = config.copy_and_resolve_references()
+  report_config.report.root = os.path.relpath(root, workdir)
+  jobs.run('report', report_config, workdir)
   print(table(root, cells))
 
 

@@ -8,7 +8,7 @@ difficulty scores when a cell's method reads them), then each cell in WORKDIR/ce
 CAS), ending with its cell.json. A finished cell is skipped; a cell stopped midway resumes
 through its jobs' own resume. Process i of n (jax.process_index / process_count) runs cells
 i, i + n, ...; process 0 writes WORKDIR/study.json (the command, the config, the grid). The
-job ends with the report job when one is registered.
+job ends with the report job.
 
 Cells of one shape compile the same programs (the train step, the sampler, the networks, a
 method's selection): with config.study.compilation_cache the job keeps XLA's executables in
@@ -130,8 +130,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   cache = os.path.join(workdir, 'jax_cache') if config.study.compilation_cache else ''
   with compilation_cache(cache) if cache else contextlib.nullcontext():
     _run(config, workdir)
-  if 'report' in jobs.JOBS:
-    jobs.run('report', config, workdir)
+  jobs.run('report', config, workdir)
 
 
 def _run(config: ml_collections.ConfigDict, workdir: str) -> None:

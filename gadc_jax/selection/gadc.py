@@ -15,13 +15,15 @@ Two modes (config `mode`):
   that i frees. Every other term of J is exact from running sums. The `shortlist` best
   estimates are then solved exactly, warm-started from the current potentials, and the best
   exact J decides. The first pick has no potentials to screen with and is scored exactly.
-  Fast mode runs two greedy starts, the spec's and the public release's (which scores a
-  candidate by its own CE rather than the subset mean), refines both and keeps the lower
-  J: one-swap refinement stops in a local optimum, and on the reference class the
-  release's start leads to a better one (478.42 against 479.51 from the spec's start).
-  The screen can miss an improving swap, so the kept subset then goes through rounds that
-  solve every swap (warm-started) until none improves: the result is a true 1-swap local
-  optimum, as in exhaustive mode (see `select_one`).
+  Fast mode's greedy is the public release's, which scores a candidate by its own CE rather
+  than the subset mean: one-swap refinement stops in a local optimum, and on the reference
+  class the release's path leads to a better one (478.42 against 479.51 from the spec's).
+  The screen can miss an improving swap. A screened round measures the screen's error on
+  its short list; when even the estimates off the list, moved down by a safe multiple of
+  that error's spread, cannot improve, the list vouches for them. Otherwise the subset
+  goes through rounds that solve every swap (warm-started) until none improves. The
+  result is a 1-swap local optimum, as in exhaustive mode (see `select_one`); how far the
+  vouching can be trusted is tested against brute force (tests/selection/test_gadc.py).
 
 Ties break to the lowest index: the lowest candidate in a greedy step, the lowest
 (slot of i in S, c) pair in a round. Padding rows are never candidates and carry no mass.
@@ -52,6 +54,16 @@ from gadc_jax.selection.problem import ClassProblem
 _SOLVE_BATCH = 64
 # float32 ulps of |J| below which two values of J are not told apart (`improvement_tolerance`).
 _ULPS = 8
+# A screened round vouches for the swaps it did not solve when even their estimates, moved
+# down by this many times the spread of the screen's errors on the solved ones (and by
+# _SCREEN_FLOOR of |J|), stay above the improvement bar (`_solve_shortlist`).
+_SCREEN_SAFETY = 2.0
+_SCREEN_FLOOR = 1e-4
+# Candidates whose swapped sums [m, D] are formed at once in a screen: a block's features
+# stay in cache while every slot reads them.
+_SCREEN_BLOCK = 64
+# Fewer solved entries than this say too little about the spread to vouch for the rest.
+_SCREEN_SAMPLE = 16
 
 
 class _State(NamedTuple):
@@ -111,17 +123,35 @@ def _first_pick(stats: obj.ClassStats, m: int, params: obj.GadcParams) -> _State
                 _capped(converged, stats.candidate))
 
 
-def _soft_rows(stats: obj.ClassStats, g: jax.Array):
-  """Every image as a new row against column potentials g [n].
+# Column shifts more than this far (in units of epsilon) below a variant's largest are
+# dropped from its soft rows: exp(-80) is below float32's resolution of any sum they join.
+_SHIFT_RANGE = 80.0
 
-  Returns lse [n] = LSE_j (g_j - C_cj) / eps (the row potential is eps * (log a - lse))
-  and cost [n] = sum_j softmax_j(...) C_cj, the transport cost of one unit of its mass.
+
+def _soft_rows(stats: obj.ClassStats, g: jax.Array, shifts: jax.Array):
+  """Every image c as a new row against the column potentials g + eps * shifts[v], for
+  each of V variants of g at once.
+
+  g [n]; shifts [V, n] (finite on real columns). Returns lse [V, n] = LSE_j (g_j + eps
+  shifts_vj - C_cj) / eps (the row potential is eps * (log a - lse)) and cost [V, n] =
+  sum_j softmax_j(...) C_cj, the transport cost of one unit of its mass. In the exp domain
+  a shift scales column j, so one exp pass over the n x n kernel and two [n, n] x [n, V]
+  products serve every variant. An image's own column (cost 0) is left out: it would draw
+  the whole row, but it takes only kappa/n of the row's mass of 1/m or more, and the rest
+  goes where the softmax over the other columns sends it.
   """
-  logits = (g[None, :] - stats.cost) / stats.epsilon
+  n = stats.mask.shape[0]
+  logits = jnp.where(jnp.eye(n, dtype=bool), -jnp.inf,
+                     (g[None, :] - stats.cost) / stats.epsilon)
   top = jnp.max(logits, axis=1, keepdims=True)
-  weights = jnp.exp(logits - top)  # one exp pass serves both outputs
-  total = jnp.sum(weights, axis=1)
-  return top[:, 0] + jnp.log(total), jnp.sum(weights * stats.cost, axis=1) / total
+  top = jnp.where(jnp.isfinite(top), top, 0.0)  # a class of one image has no other column
+  weights = jnp.exp(logits - top)  # [n, n]: zero on padding columns (g = -inf)
+  shifts = jnp.where(stats.mask[None, :], shifts, 0.0)
+  peak = jnp.max(shifts, axis=1, keepdims=True)
+  scale = jnp.exp(jnp.maximum(shifts - peak, -_SHIFT_RANGE))  # [V, n]
+  total = weights @ scale.T  # [n, V]
+  cost = (weights * stats.cost) @ scale.T / total
+  return (top + peak.T + jnp.log(total)).T, cost.T
 
 
 def _image_sums(stats: obj.ClassStats) -> obj.SideSums:
@@ -138,12 +168,21 @@ def _membership(idx: jax.Array, row_mask: jax.Array, n: int) -> jax.Array:
 
 def _solve_shortlist(stats, state, params, estimates, pairs_idx, pairs_mask, pair_init,
                      keys, offsets=None):
-  """Exact scores of the `shortlist` lowest estimates; returns (best score, its state).
+  """Exact scores of the `shortlist` lowest estimates.
 
   estimates [P]: screening scores (inf where invalid); pairs_idx(p) / pair_init(p) give the
   subset and warm start of entry p; keys [P] order ties; offsets [P] (optional) are added
   to the exact J to form the score (see `_greedy_offsets`). The state's count adds the
   valid shortlisted solves that stopped at the cap.
+
+  Returns (best score [], its state, covered [] bool). covered: no entry left off the short
+  list can beat the current J by the improvement bar, judged by the screen's errors on
+  the short list. The estimate of an entry p is off from its exact J by err_p; over the
+  short list err lies in [lo, hi]. An entry left off has estimate >= the short list's
+  largest, so its J is at least that + lo - _SCREEN_SAFETY (hi - lo) - _SCREEN_FLOOR |J|,
+  unless its error falls that far below every error seen. A list of fewer than
+  _SCREEN_SAMPLE valid entries vouches for nothing; one that holds every valid entry
+  covers them all.
   """
   k = min(params.shortlist, estimates.shape[0])
   _, top = jax.lax.top_k(-estimates, k)
@@ -158,15 +197,23 @@ def _solve_shortlist(stats, state, params, estimates, pairs_idx, pairs_mask, pai
   idx = pairs_idx(p)
   in_set = _membership(idx, pairs_mask, state.in_set.shape[0])
   unconverged = state.unconverged + _capped(evs.converged, valid)
-  return values[j], _State(idx, pairs_mask, in_set, _take(evs, j), unconverged)
+  errors = values - estimates[top]
+  lo = jnp.min(jnp.where(valid, errors, jnp.inf))
+  hi = jnp.max(jnp.where(valid, errors, -jnp.inf))
+  current = state.ev.objective
+  lowest_left_off = (jnp.max(jnp.where(valid, estimates[top], -jnp.inf)) + lo
+                     - _SCREEN_SAFETY * (hi - lo) - _SCREEN_FLOOR * jnp.abs(current))
+  all_listed = jnp.sum(jnp.isfinite(estimates)) == jnp.sum(valid)
+  covered = all_listed | ((jnp.sum(valid) >= _SCREEN_SAMPLE) & (
+      lowest_left_off >= current - improvement_tolerance(current, params)))
+  return values[j], _State(idx, pairs_mask, in_set, _take(evs, j), unconverged), covered
 
 
 def _greedy_offsets(stats, state: _State, k, own_ce, params) -> jax.Array:
   """[n] what the greedy criterion adds to J(S + c) when slot k takes image c.
 
-  own_ce = 0: nothing (the spec's greedy). own_ce = 1: the release's greedy, which scores
-  a candidate by its own CE instead of the subset mean; fast mode refines from both
-  starts and keeps the better, since the two paths reach different local optima.
+  own_ce = 0: nothing (the spec's greedy, exhaustive mode's). own_ce = 1: the release's
+  greedy, which scores a candidate by its own CE instead of the subset mean (fast mode's).
   """
   mean_ce = (jnp.dot(state.row_mask, stats.ce[state.idx]) + stats.ce) / (k + 1.0)
   return own_ce * params.w_ce * (stats.ce - mean_ce)
@@ -175,7 +222,8 @@ def _greedy_offsets(stats, state: _State, k, own_ce, params) -> jax.Array:
 def _fast_add(stats, state: _State, k, own_ce, params) -> _State:
   """Greedy step filling slot k (k rows active) by screening and a short exact list."""
   eps = stats.epsilon
-  lse, unit_cost = _soft_rows(stats, state.ev.ot.g)
+  lse, unit_cost = jax.tree.map(lambda x: x[0], _soft_rows(
+      stats, state.ev.ot.g, jnp.zeros((1,) + state.ev.ot.g.shape)))
   shrink = k / (k + 1.0)
   sums = obj.side_sums(stats, state.idx, state.row_mask)
   offsets = _greedy_offsets(stats, state, k, own_ce, params)
@@ -192,7 +240,7 @@ def _fast_add(stats, state: _State, k, own_ce, params) -> _State:
     return f_c, state.ev.ot.g
 
   n = stats.mask.shape[0]
-  _, new = _solve_shortlist(stats, state, params, estimates,
+  _, new, _ = _solve_shortlist(stats, state, params, estimates,
                             lambda c: state.idx.at[k].set(c), row_mask, init,
                             jnp.arange(n), offsets)
   return new
@@ -235,16 +283,18 @@ def _swap_screen(stats, state: _State, params):
   row_cost = jnp.sum(state.ev.ot.plan * stats.cost[state.idx], axis=1)
   valid = stats.candidate & ~state.in_set
   images = _image_sums(stats)
+  g = jax.vmap(lambda i: _column_update_without(stats, state, i, params))(jnp.arange(m))
+  lse, unit_cost = _soft_rows(stats, state.ev.ot.g, (g - state.ev.ot.g) / eps)
 
-  def screen(i):
-    g_i = _column_update_without(stats, state, i, params)
-    lse, unit_cost = _soft_rows(stats, g_i)
-    swapped = jax.tree.map(lambda s, each: s - each[state.idx[i]] + each, sums, images)
-    estimate = (params.w_pot * (state.ev.pot - row_cost[i] + unit_cost / m)
-                + obj.side_terms(stats, swapped, params))
-    return jnp.where(valid, estimate, jnp.inf), lse, g_i
+  leaving = jax.tree.map(lambda s, each: s - each[state.idx], sums, images)  # [m, ...]
 
-  estimates, lse, g = jax.lax.map(screen, jnp.arange(m))
+  def side(c):  # [m]: candidate c in every slot; blocks of candidates stay in cache.
+    swapped = jax.tree.map(lambda rest, each: rest + each[c], leaving, images)
+    return obj.side_terms(stats, swapped, params)
+
+  estimates = (params.w_pot * (state.ev.pot - row_cost[:, None] + unit_cost / m)
+               + jax.lax.map(side, jnp.arange(n), batch_size=_SCREEN_BLOCK).T)
+  estimates = jnp.where(valid[None, :], estimates, jnp.inf)
 
   def init(p):
     i, c = p // n, p % n
@@ -254,7 +304,8 @@ def _swap_screen(stats, state: _State, params):
 
 
 def _fast_round(stats, state: _State, params):
-  """Best swap among a short list of screened swaps: (its exact J, its state)."""
+  """Best swap among a short list of screened swaps: (its exact J, its state, whether the
+  list covers every swap that might improve; see `_solve_shortlist`)."""
   n = stats.mask.shape[0]
   estimates, init = _swap_screen(stats, state, params)
   return _solve_shortlist(stats, state, params, estimates,
@@ -263,7 +314,8 @@ def _fast_round(stats, state: _State, params):
 
 
 def _every_swap(stats, state: _State, params, init=None):
-  """Best swap over every (slot i, candidate c), each solved exactly: (its J, its state).
+  """Best swap over every (slot i, candidate c), each solved exactly: (its J, its state,
+  True: every swap was solved).
 
   Solves start cold (exhaustive mode's round), or warm from init(p) (p = i * n + c); either
   way each runs to the solver's threshold, so the J of a swap does not depend on the start
@@ -280,7 +332,7 @@ def _every_swap(stats, state: _State, params, init=None):
   scores = jnp.where(valid, scores, jnp.inf)
   p = jnp.argmin(scores)
   return scores[p], _state(stats, _swapped(state.idx, n, p), state.row_mask, params,
-                           state.unconverged + _capped(converged, valid), start(p))
+                           state.unconverged + _capped(converged, valid), start(p)), True
 
 
 def _confirming_round(stats, state: _State, params):
@@ -308,67 +360,66 @@ def _swap_rounds(stats, search, params, carry):
   """Applies search's best swap while it lowers J by more than `improvement_tolerance`
   and fewer than `rounds` rounds ran: the spec's refinement, with `search` a round.
 
-  carry: (rounds run [], state, whether to go on []). The count of solves that stopped
-  at the cap includes every round's, swap taken or not.
+  carry: (rounds run [], state, whether to go on [], covered []: whether the last round
+  vouched for every swap, see `_solve_shortlist`). The count of solves that stopped at the
+  cap includes every round's, swap taken or not.
   """
   def cond(carry):
-    rounds, _, improved = carry
+    rounds, _, improved, _ = carry
     return improved & (rounds < params.rounds)
 
   def body(carry):
-    rounds, current, _ = carry
-    value, candidate = search(stats, current, params)
+    rounds, current, _, _ = carry
+    value, candidate, covered = search(stats, current, params)
     improved = value < (current.ev.objective
                         - improvement_tolerance(current.ev.objective, params))
     current = jax.tree.map(lambda a, b: jnp.where(improved, a, b), candidate, current)
     # The round's solves ran whether or not its swap is taken.
-    return rounds + 1, current._replace(unconverged=candidate.unconverged), improved
+    return (rounds + 1, current._replace(unconverged=candidate.unconverged), improved,
+            jnp.asarray(covered))
 
   return jax.lax.while_loop(cond, body, carry)
+
+
+def _search(stats: obj.ClassStats, m: int, params: obj.GadcParams):
+  """The mode's greedy, then its rounds (fast mode: screened) until none improves.
+
+  Returns (rounds run [], state, covered []: whether the last round vouched for every swap;
+  always True in exhaustive mode, whose rounds solve every swap).
+  """
+  fast = params.mode == 'fast'
+  add = _fast_add if fast else _exhaustive_add
+  own_ce = 1.0 if fast else 0.0
+  state = _first_pick(stats, m, params)
+  state, _ = jax.lax.scan(lambda s, k: (add(stats, s, k, own_ce, params), None), state,
+                          jnp.arange(1, m))
+  search = _fast_round if fast else _every_swap  # exhaustive: the spec's cold round
+  rounds, state, _, covered = _swap_rounds(
+      stats, search, params, (jnp.int32(0), state, jnp.asarray(True), jnp.asarray(True)))
+  return rounds, state, covered
 
 
 def select_one(problem: ClassProblem, m: int, params: obj.GadcParams):
   """GADC selection for one unbatched padded class.
 
   The class needs at least m candidates (`problem.with_min_candidates` ensures it).
-  Exhaustive mode runs the spec's greedy and its swap rounds. Fast mode runs two greedy
-  starts, the spec's and the release's (own CE, see `_greedy_offsets`), refines each with
-  screened rounds until its short list has no improving swap, and keeps the lower J (ties:
-  the spec's); the first pick is the same for both. The screen can miss a swap, so fast
-  mode then runs rounds that solve every swap (warm-started) until none improves: the
-  first usually confirms that the subset is a 1-swap local optimum. Rounds of both kinds
-  count towards `rounds`.
+  Exhaustive mode runs the spec's greedy and its swap rounds. Fast mode runs the release's
+  greedy (own CE, see `_greedy_offsets`) with screened steps, then screened rounds until a
+  short list has no improving swap. The screen can miss a swap: when the last screened
+  round cannot vouch for the swaps off its short list (`_solve_shortlist`), fast mode runs
+  rounds that solve every swap (warm-started) until none improves, so the result is a
+  1-swap local optimum either way. Rounds of both kinds count towards `rounds`.
 
   Returns:
     indices [m] int32 (sorted), J [] float32 of them from a cold solve (as every method is
     scored), and unconverged [] int32: the exact solves of the whole search (first pick,
-    both starts, the final scoring) that stopped at the cap.
+    greedy, rounds, the final scoring) that stopped at the cap.
   """
   stats = obj.class_stats(problem, params)
-  fast = params.mode == 'fast'
-  add = _fast_add if fast else _exhaustive_add
-  own_ce = jnp.array([0.0, 1.0] if fast else [0.0])
-  first = _first_pick(stats, m, params)
-
-  def from_start(start_own_ce):
-    # Each start counts only its own solves; the shared first pick's are added once.
-    state = first._replace(unconverged=jnp.int32(0))
-    state, _ = jax.lax.scan(lambda s, k: (add(stats, s, k, start_own_ce, params), None),
-                            state, jnp.arange(1, m))
-    search = _fast_round if fast else _every_swap  # exhaustive: the spec's cold round
-    rounds, state, _ = _swap_rounds(stats, search, params,
-                                    (jnp.int32(0), state, jnp.asarray(True)))
-    return rounds, state
-
-  # Starts run one after the other: batching them would make every while loop wait for
-  # the slower start and turns the search's gathers into batched ones.
-  rounds, states = jax.lax.map(from_start, own_ce)
-  best = jnp.argmin(states.ev.objective)
-  state = _take(states, best)._replace(
-      unconverged=first.unconverged + jnp.sum(states.unconverged))
-  if fast:
-    _, state, _ = _swap_rounds(stats, _confirming_round, params,
-                               (rounds[best], state, jnp.asarray(True)))
+  rounds, state, covered = _search(stats, m, params)
+  if params.mode == 'fast':
+    _, state, _, _ = _swap_rounds(stats, _confirming_round, params,
+                                  (rounds, state, ~covered, jnp.asarray(True)))
   idx = jnp.sort(state.idx)
   final = obj.evaluate(stats, idx, jnp.ones((m,), bool), params)
   return idx, final.objective, state.unconverged + _capped(final.converged, True)

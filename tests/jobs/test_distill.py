@@ -26,6 +26,7 @@ def distill_config(tfds_dir):
   config.train_students.lia.pool = ('teacher_a',)
   config.train_students.students = ('student_mlp',)
   config.distill.rows = ('igd', 'full', 'gadc')
+  config.lock()  # as main.py hands it to the job
   return config
 
 
@@ -53,6 +54,8 @@ def test_smoke_writes_cells_and_table_and_reruns_skip(distill_config, tmp_path, 
   assert gadc['selection'] == os.path.join('selections', 'gadc-2perclass-seed0')
   printed = capsys.readouterr().out
   assert '| full | ipc2 |' in printed and '| gadc | ipc2 |' in printed
+  assert os.path.isfile(os.path.join(root, 'report', 'report.md'))
+  assert os.path.isfile(os.path.join(root, 'report', 'results.csv'))
 
   def no_training(*args, **kwargs):
     raise AssertionError('a finished cell was trained again')
