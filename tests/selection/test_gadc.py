@@ -155,10 +155,12 @@ def test_matches_numpy_exhaustive_search(name):
   score = obj.objective_of(problem, indices, cfg)
   assert score.converged
   np.testing.assert_allclose(score.objective, expected_value, rtol=1e-4)
-  # Fast mode may reach another optimum (it refines the release's greedy path).
-  cfg.mode = 'fast'
-  _, fast_value = _select_one(problem, 4, cfg)
-  assert fast_value <= value * (1 + 1e-3)
+  # Fast mode refines the release's greedy path: it may reach another optimum, no worse
+  # than 0.1%. Without refinement only the two greedy criteria would be compared.
+  if cfg.rounds:
+    cfg.mode = 'fast'
+    _, fast_value = _select_one(problem, 4, cfg)
+    assert fast_value <= value * (1 + 1e-3)
 
 
 @pytest.mark.slow
