@@ -19,7 +19,6 @@ import ml_collections
 import numpy as np
 
 from gadc_jax import artifacts
-from gadc_jax import defaults
 from gadc_jax import jobs
 from gadc_jax import layout
 from gadc_jax.distill import soft_labels

@@ -241,8 +241,8 @@ def _fast_add(stats, state: _State, k, own_ce, params) -> _State:
 
   n = stats.mask.shape[0]
   _, new, _ = _solve_shortlist(stats, state, params, estimates,
-                            lambda c: state.idx.at[k].set(c), row_mask, init,
-                            jnp.arange(n), offsets)
+                               lambda c: state.idx.at[k].set(c), row_mask, init,
+                               jnp.arange(n), offsets)
   return new
 
 
