@@ -8,18 +8,21 @@ IPC 10 and 50, ResNet-18 teachers and students, 3 seeds.
       --config.networks.teacher_c.checkpoint=/weights/resnet50-0676ba61.pth \\
       --config.networks.teacher_d.checkpoint=/weights/resnet50-11ad3fa6.pth \\
       --config.networks.selection.checkpoint=/weights/inception_v3_google.pth \\
-      --config.train.vae.checkpoint=/weights/sd-vae-ft-ema.safetensors
+      --config.train.vae.checkpoint=/weights/sd-vae-ft-ema.safetensors \\
+      --config.train.weights=/weights/DiT-XL-2-256x256.pt
+
+The generator is the published DiT-XL/2 (config.train.weights: the DiT release's file,
+converted on load; reading a .pt needs torch installed); without that flag the job trains
+DiT-XL/2 on the whole train split first.
 
 Teachers are torchvision's published ImageNet weights (converted on load, local files); the
 surrogate of IGD's influence term is teacher_a. Students are ResNet-18s trained from scratch
 (AdamW, cosine schedule, RDED / IGD's protocol: 300 epochs of the distilled set) with random
 shifts and flips at 224 px.
 
-Not yet covered here (see the README's distillation section): the generator is a train run of
-config.train (the distill_sample job restores train runs only, so the published DiT-XL/2 file
-cannot be named yet: train DiT-XL/2 with the train job, or add a converted-checkpoint path to
-gadc_jax.generator), and the students' BatchNorm runs in eval mode (Flax ResNet has no
-train-mode BatchNorm yet: its layers then act as fixed affine maps), nor random-resized-crop.
+Not yet covered here (see the README's distillation section): the students' BatchNorm runs in
+eval mode (Flax ResNet has no train-mode BatchNorm yet: its layers then act as fixed affine
+maps), nor random-resized-crop.
 """
 
 import ml_collections

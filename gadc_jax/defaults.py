@@ -239,6 +239,10 @@ def train() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({
       'name': '',                # output folder; '' = MODEL-SELECTION (or MODEL-SPLIT).
       'model': 'DiT-S/2',        # a name of models.dit.DIT_CONFIGS: DiT-* or SiT-*.
+      # A published checkpoint of `model` in the DiT release's layout (a local .pt, read
+      # with torch, or .safetensors): the sample jobs' generator instead of a train run
+      # ('' = the train run); the train job refuses to train while it is set.
+      'weights': '',
       'model_overrides': ml_collections.ConfigDict(),  # e.g. depth / hidden / heads.
       # A folder of WORKDIR/selections; '@select' is the one config.select writes; '' trains
       # on the whole split.
@@ -440,6 +444,9 @@ def study() -> ml_collections.ConfigDict:
       'baseline_group': 'random',  # what the report compares the other rows against.
       # Keep compiled programs in WORKDIR/jax_cache: cells of one shape compile once.
       'compilation_cache': True,
+      # Threads running selections and cells side by side (1 on several processes; see
+      # gadc_jax/jobs/study.py).
+      'workers': 1,
       # CAS: a classifier of this network's arch and seed trained on the cell's samples,
       # scored by its top-1 accuracy on the real `split`.
       'cas': ml_collections.ConfigDict({

@@ -1,8 +1,12 @@
 """The diffusion model that config.train describes: build it, restore it, sample from it.
 
-Shared by the train job (its periodic sample grids) and the sample job: a DiT (Gaussian
+Shared by the train job (its periodic sample grids) and the sample jobs: a DiT (Gaussian
 diffusion, DDPM or DDIM over a respaced schedule) or a SiT (transport, ODE or SDE), in pixel
 space or on SD-VAE latents, with classifier-free guidance and optional class text embeddings.
+
+The generator the sample and distill_sample jobs use is the finished train run of
+config.train, or, when config.train.weights names one, a published checkpoint of the same
+model in the DiT release's layout (e.g. DiT-XL-2-256x256.pt), converted on load.
 """
 
 import functools
@@ -193,6 +197,51 @@ def restore_ema_params(config, workdir: str, num_classes: int, image_shape):
   artifacts.check_fingerprint(out, record['ema_fingerprint'], artifacts.array_fingerprint(ema),
                               'EMA params')
   return model, ema, record
+
+
+def generator_fingerprint(config, workdir: str) -> str:
+  """What samples depend on of their generator: the bytes of config.train.weights (and the
+  model it is read as), or the finished train run's inputs."""
+  cfg = config.train
+  if cfg.weights:
+    if not os.path.isfile(cfg.weights):
+      raise FileNotFoundError(f'config.train.weights: {cfg.weights} does not exist')
+    return artifacts.fingerprint({'weights': artifacts.file_fingerprint(cfg.weights),
+                                  'model': cfg.model,
+                                  'model_overrides': cfg.model_overrides.to_dict()})
+  return finished_train_record(config, workdir)['fingerprint']
+
+
+def restore_generator(config, workdir: str, num_classes: int, image_shape):
+  """(model, params) of the generator (module docstring): config.train.weights converted,
+  or the train run's EMA parameters. A generator of another class count than
+  `num_classes` is a ValueError naming both."""
+  cfg = config.train
+  if cfg.weights:
+    return _published_generator(cfg, num_classes, image_shape)
+  try:
+    model, params, _ = restore_ema_params(config, workdir, num_classes, image_shape)
+  except ValueError as e:
+    if 'y_embedder' not in str(e):
+      raise
+    raise ValueError(f'the generator {layout.train_dir(workdir, config)} was not trained for '
+                     f'the {num_classes} classes of the data (its label embedding has '
+                     'another size); train it on this data, or point config.train at a run '
+                     'that was') from None
+  return model, params
+
+
+def _published_generator(cfg, num_classes: int, image_shape):
+  """(model, params) of the checkpoint file cfg.weights, converted to the model cfg names."""
+  state = convert.load_torch_state_dict(cfg.weights)
+  table = state.get('y_embedder.embedding_table.weight')
+  # DiT's label table has a row per class and one for the null class of guidance.
+  if table is not None and table.shape[0] != num_classes + 1:
+    raise ValueError(f'config.train.weights {cfg.weights} is a generator of '
+                     f'{table.shape[0] - 1} classes; the data have {num_classes}')
+  text_table = load_text_table(cfg, num_classes)
+  model = build_model(cfg, num_classes, text_table)
+  return model, convert.dit_from_torch(state, model, model_space_shape(cfg, image_shape)[-1])
 
 
 def conditional_model_fn(model, params, labels: jax.Array, text_table, scale: float,

@@ -11,13 +11,20 @@ split). The grid, in order:
     one full-data cell (seed config.study.seeds[0]) if config.study.full_reference
                                                                          family 'reference'
 
+Selections are a shared stage too: every distinct selection of the grid is made once, in
+WORKDIR/selections/NAME, before the cells. A method that reads no seed (GADC and its
+ablations, herding, k-center, D2C: `methods.reads_seed`) makes the same subset for every
+seed, so its cells share one selection named GROUP-BUDGET, and only their training and
+sampling seeds differ; a seeded method's cells each have their own, GROUP-BUDGET-seedSEED.
+
 Each cell works in its own workdir, WORKDIR/cells/CELL/, in which the shared stages' folders
-of the study workdir (classifiers, features, difficulty, eval_cache, and D2C's scorer run)
-are relative symbolic links: the existing jobs and `gadc_jax.layout` run there unchanged,
-their own resume and fingerprint checks included, and a cell's folder holds all it made (rm
-it to redo the cell alone). A cell ends by writing cell.json (the format the report reads,
-plus the fingerprint of the cell's inputs; the study job's run_cell runs it); a cell with a
-cell.json of the same inputs is finished.
+of the study workdir (classifiers, features, difficulty, eval_cache, selections, and D2C's
+scorer run) are relative symbolic links: the existing jobs and `gadc_jax.layout` run there
+unchanged, their own resume and fingerprint checks included, and a cell's folder holds all
+it made (rm it to redo the cell alone; its selection stays in WORKDIR/selections). A cell
+ends by writing cell.json (the format the report reads, plus the fingerprint of the cell's
+inputs; the study job's run_cell runs it); a cell with a cell.json of the same inputs is
+finished.
 """
 
 import dataclasses
@@ -30,11 +37,13 @@ from gadc_jax import artifacts
 from gadc_jax import defaults
 from gadc_jax import difficulty
 from gadc_jax import layout
+from gadc_jax import validation
 from gadc_jax.evaluation import cas
 from gadc_jax.selection import budget as budget_lib
+from gadc_jax.selection import methods as methods_lib
 
 # The study workdir's folders that every cell reads, linked into each cell's workdir.
-SHARED = ('classifiers', 'features', 'difficulty', 'eval_cache')
+SHARED = ('classifiers', 'features', 'difficulty', 'eval_cache', 'selections')
 
 # What a cell's hparams record of its config besides its own overrides: the training and
 # sampling the cells share, so that a report across studies tells their cells apart.
@@ -85,9 +94,20 @@ def budget_value(budget: str) -> float:
 
 
 def _seeded(seed: int) -> dict[str, Any]:
-  # The seed of every random step of a cell: the selection, the model's init and batches,
-  # the sampler's noise; CAS's classifier keeps its network's fixed seed.
-  return {'select.seed': seed, 'train.seed': seed, 'sample.seed': seed}
+  # The seed of a cell's training (the model's init and batches) and sampling noise; CAS's
+  # classifier keeps its network's fixed seed, a selection the seed `_selected` gives it.
+  return {'train.seed': seed, 'sample.seed': seed}
+
+
+def _selected(group: str, method: str, budget: str, seed: int) -> dict[str, Any]:
+  """The select overrides of a cell: its selection's method, budget, name and, for a method
+  that reads one, seed (see the module docstring)."""
+  overrides = {'select.method': method, 'select.budget': budget,
+               'select.name': f'{group}-{budget}'.replace('/', 'per')}
+  if methods_lib.reads_seed(method):
+    overrides['select.name'] += f'-seed{seed}'
+    overrides['select.seed'] = seed
+  return overrides
 
 
 def cells(config: ml_collections.ConfigDict) -> list[Cell]:
@@ -98,13 +118,14 @@ def cells(config: ml_collections.ConfigDict) -> list[Cell]:
     for budget in cfg.budgets:
       for seed in cfg.seeds:
         grid.append(Cell(f'{method}-{budget}-seed{seed}', method, 'method', budget, seed,
-                         {'select.method': method, 'select.budget': budget, **_seeded(seed)}))
+                         {**_selected(method, method, budget, seed), **_seeded(seed)}))
   for name, overrides in cfg.ablations.items():
+    group = f'gadc-{name}'
     for budget in cfg.budgets:
       for seed in cfg.seeds:
-        grid.append(Cell(f'gadc-{name}-{budget}-seed{seed}', f'gadc-{name}', 'ablation',
-                         budget, seed, {'select.method': 'gadc', 'select.budget': budget,
-                                        **flatten(overrides), **_seeded(seed)}))
+        grid.append(Cell(f'{group}-{budget}-seed{seed}', group, 'ablation', budget, seed,
+                         {**_selected(group, 'gadc', budget, seed), **flatten(overrides),
+                          **_seeded(seed)}))
   if cfg.full_reference:
     seed = cfg.seeds[0]
     grid.append(Cell(f'{FULL_GROUP}-{FULL_BUDGET}-seed{seed}', FULL_GROUP, 'reference',
@@ -112,9 +133,16 @@ def cells(config: ml_collections.ConfigDict) -> list[Cell]:
   return grid
 
 
-def process_share(grid: list[Cell], index: int, count: int) -> list[Cell]:
-  """The cells process `index` of `count` runs: index, index + count, ..."""
-  return grid[index::count]
+def selections(config: ml_collections.ConfigDict,
+               grid: list[Cell]) -> list[ml_collections.ConfigDict]:
+  """The configs of the grid's distinct selections, in grid order: the first cell's of each
+  select.name (its other cells differ only in training and sampling seeds)."""
+  made = {}
+  for cell in grid:
+    cell_cfg = cell_config(config, cell)
+    if cell_cfg.train.selection:
+      made.setdefault(cell_cfg.select.name, cell_cfg)
+  return list(made.values())
 
 
 def _set(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
@@ -144,6 +172,7 @@ def reads_difficulty(cell_cfg: ml_collections.ConfigDict) -> bool:
 def check_config(config: ml_collections.ConfigDict) -> None:
   """config.study, checked before any work: one ValueError naming the key."""
   cfg = config.study
+  validation.require(cfg, 'config.study', positive_ints=('workers',))
   for key in ('methods', 'budgets', 'seeds', 'references'):
     if not cfg[key] and (key != 'methods' or not cfg.ablations):
       raise ValueError(f'config.study.{key} is empty')

@@ -91,9 +91,10 @@ def _check_geometry(methods: Sequence[str]) -> Callable[[dict], None]:
 
 def _check_study(record: dict) -> None:
   assert list(record['cells']) == ['random-10%-seed0'] and record['grid_cells'] == 5
+  assert list(record['selection_seconds']) == ['random-10%-seed0']
   seconds = record['cells']['random-10%-seed0']
-  assert seconds['total'] >= seconds['train'] > 0
-  assert record['cells_per_hour'] == pytest.approx(3600 / seconds['total'])
+  assert record['cells_seconds'] >= seconds['total'] >= seconds['train'] > 0
+  assert record['cells_per_hour'] == pytest.approx(3600 / record['cells_seconds'])
 
 
 def _check_mfu(record: dict) -> None:
@@ -197,8 +198,9 @@ RUNS = {
     'study_bench.py': [Run(
         ['--config', 'configs/digits_study.py:smoke=True', '--cells', 'random-10%-seed0',
          '--data_dir', os.path.join(tempfile.gettempdir(), 'study_bench_tfds')],
-        frozenset({'benchmark', 'config', 'device', 'shared_seconds', 'cells',
-                   'cells_per_hour', 'grid_cells', 'projected_minutes'}),
+        frozenset({'benchmark', 'config', 'device', 'workers', 'shared_seconds',
+                   'selection_seconds', 'cells', 'cells_seconds', 'cells_per_hour',
+                   'grid_cells', 'projected_minutes'}),
         slow=True, check=_check_study)],
     'train_bench.py': [
         Run(['--steps', '1', '--batch', '2'],

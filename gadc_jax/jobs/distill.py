@@ -2,7 +2,8 @@
 (row, IPC, seed), then the results table.
 
 Stages: the teachers, the surrogate and the selection networks (train_classifier), the
-generator (train: config.train on the whole split), features for the baselines' selections;
+generator (train: config.train on the whole split, unless config.train.weights names a
+published one), features for the baselines' selections;
 then for each IPC and seed the image sets (distill_sample with OT guidance off, 'igd', and
 on, 'igd+otg'; the select job for each baseline method at IPC images per class) and, per row,
 train_students on the row's image set with the row's labelling. Each cell lands in
@@ -115,7 +116,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   cfg = config.distill
   jobs.run('train_classifier', config, workdir)
   rows = list(cfg.rows)
-  if any(r in ROWS for r in rows):
+  if any(r in ROWS for r in rows) and not config.train.weights:  # else a published one.
     jobs.run('train', config, workdir)
   if any(r in BASELINES for r in rows):
     jobs.run('features', config, workdir)

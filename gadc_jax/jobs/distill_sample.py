@@ -92,11 +92,10 @@ def _part(n: int, b: int) -> str:
 def _distill(config: ml_collections.ConfigDict, workdir: str, out: str) -> dict:
   cfg = config.distill_sample
   info = input_pipeline.split_info(config.data, config.train.split)
-  train_record = generator.finished_train_record(config, workdir)
   terms = _active_terms(cfg)
   surrogates = cfg.surrogate.networks if 'influence' in terms else ()
   inputs = {
-      'train': train_record['fingerprint'],
+      'train': generator.generator_fingerprint(config, workdir),
       'real_split': cfg.real_split,
       'options': {k: cfg[k].to_dict() if hasattr(cfg[k], 'to_dict') else cfg[k]
                   for k in ('ipc', 'seed', 'class_batch', 'sampler', 'window', 'scales',
@@ -147,21 +146,6 @@ def _distill(config: ml_collections.ConfigDict, workdir: str, out: str) -> dict:
   return summary
 
 
-def _restore_generator(config, workdir: str, info):
-  """(model, EMA params): a checkpoint of another class count than the data's is refused."""
-  try:
-    model, params, _ = generator.restore_ema_params(config, workdir, info.num_classes,
-                                                    info.image_shape)
-  except ValueError as e:
-    if 'y_embedder' not in str(e):
-      raise
-    raise ValueError(f'the generator {layout.train_dir(workdir, config)} was not trained for '
-                     f'the {info.num_classes} classes of {info.dataset} (its label embedding '
-                     'has another size); train it on this data, or point config.train at a '
-                     'run that was') from None
-  return model, params
-
-
 def _model_space(config, images: np.ndarray, vae) -> jax.Array:
   """uint8 images [N, H, W, C] -> model space [N, h, w, c]: pixels in [-1, 1], or scaled
   SD-VAE latents (the posterior mean)."""
@@ -186,7 +170,8 @@ def _class_rows(labels: np.ndarray, num_classes: int, count: int, seed: int) -> 
 
 def _sample_parts(config, workdir: str, out: str, todo, parts, info, class_batch: int) -> None:
   cfg = config.distill_sample
-  model, params = _restore_generator(config, workdir, info)
+  model, params = generator.restore_generator(config, workdir, info.num_classes,
+                                              info.image_shape)
   text_table = generator.load_text_table(config.train, info.num_classes)
   vae = generator.load_vae(config.train) if config.train.space == 'latent' else None
   shape = generator.model_space_shape(config.train, info.image_shape)

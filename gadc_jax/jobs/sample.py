@@ -49,8 +49,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def _sample(config: ml_collections.ConfigDict, workdir: str, out: str) -> dict:
   cfg = config.sample
-  train_record = generator.finished_train_record(config, workdir)
-  inputs = {'train': train_record['fingerprint'], 'num_samples': cfg.num_samples,
+  inputs = {'train': generator.generator_fingerprint(config, workdir), 'num_samples': cfg.num_samples,
             'batch_size': cfg.batch_size, 'seed': cfg.seed, 'sampler': cfg.sampler.to_dict()}
   expected = artifacts.fingerprint(inputs)
   done = artifacts.finished_or_start(os.path.join(out, 'samples.json'),
@@ -92,8 +91,8 @@ def _sample_parts(config: ml_collections.ConfigDict, workdir: str, out: str, tod
   """Samples the batches `todo` [(index, part path relative to out)] and writes each part;
   Preempted after a part once any host has received SIGTERM."""
   cfg = config.sample
-  model, params, _ = generator.restore_ema_params(config, workdir, info.num_classes,
-                                                  info.image_shape)
+  model, params = generator.restore_generator(config, workdir, info.num_classes,
+                                              info.image_shape)
   text_table = generator.load_text_table(config.train, info.num_classes)
   vae = generator.load_vae(config.train) if config.train.space == 'latent' else None
   key = jax.random.PRNGKey(cfg.seed)

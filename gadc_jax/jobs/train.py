@@ -58,6 +58,10 @@ def _check_config(cfg) -> None:
                      positive=('learning_rate',), non_negative=('weight_decay', 'grad_clip'),
                      fractions=('ema_decay', 'class_dropout'))
   validation.require(cfg.repa, 'config.train.repa', non_negative=('weight',))
+  if cfg.weights:
+    raise ValueError(f'config.train.weights is set ({cfg.weights}): the sample jobs use that '
+                     'published generator as it is, and the train job trains from scratch; '
+                     'unset it to train')
   if cfg.keep_every % cfg.checkpoint_every:
     raise ValueError(f'config.train.keep_every ({cfg.keep_every}) must be a multiple of '
                      f'config.train.checkpoint_every ({cfg.checkpoint_every})')

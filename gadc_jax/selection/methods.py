@@ -24,6 +24,10 @@ _METHODS = {
     'd2c': baselines.select_d2c,
 }
 
+# The methods whose subset depends on their PRNG keys; the others ignore them and make the
+# same subset whatever the seed (a study makes such a selection once for all its seeds).
+_SEEDED = frozenset({'random', 'ccs', 'dq'})
+
 # `validation.require` rules of each baseline's options (GADC's: `objective.check_config`).
 _OPTION_RULES = {
     'ccs': {'fractions': ('beta',), 'positive_ints': ('num_strata',)},
@@ -37,6 +41,12 @@ def get_method(name: str) -> Callable:
   if name not in _METHODS:
     raise ValueError(f'unknown selection method {name!r}; known: {", ".join(_METHODS)}')
   return _METHODS[name]
+
+
+def reads_seed(name: str) -> bool:
+  """Whether method `name`'s subset depends on config.select.seed."""
+  get_method(name)
+  return name in _SEEDED
 
 
 def select(name: str, problems, m: int, cfg, keys, mesh: Optional[Mesh] = None):

@@ -23,7 +23,7 @@ import numpy as np
 from gadc_jax import defaults
 from gadc_jax import distances
 from gadc_jax import validation
-from gadc_jax.selection.problem import ClassProblem
+from gadc_jax.selection.problem import ClassProblem, pad_problem
 from gadc_jax.transport import partial_ot
 
 # pbar_S can underflow to 0 in a class the subset never predicts; flooring its log keeps
@@ -277,7 +277,9 @@ def objective_of(problem: ClassProblem, indices, cfg) -> Score:
   """
   params = GadcParams.from_config(cfg)
   idx = jnp.asarray(indices, jnp.int32)
-  value, converged = _objective_jit(jax.tree.map(jnp.asarray, problem), idx, params)
+  # Padded (masked) to the bucket, so that classes of nearby sizes share one compile.
+  padded = pad_problem(problem, partial_ot.bucket_size(len(problem.mask)))
+  value, converged = _objective_jit(jax.tree.map(jnp.asarray, padded), idx, params)
   return Score(objective=float(value), converged=bool(converged))
 
 

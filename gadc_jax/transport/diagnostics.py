@@ -30,6 +30,8 @@ the one it was chosen in. For one class of n images and a subset S of m of them:
 
 from typing import Mapping, Sequence
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -39,11 +41,6 @@ from scipy import sparse
 from gadc_jax import distances
 from gadc_jax import validation
 from gadc_jax.transport import partial_ot
-
-# Columns of the partial OT solve are padded to a multiple of this (masked), so classes of
-# slightly different sizes share one compiled solver.
-_COLUMN_BUCKET = 256
-
 
 def check_config(cfg, where: str = 'config.select.diagnostics') -> None:
   """One ValueError naming the first diagnostics option (`defaults.diagnostics()`) out of
@@ -128,10 +125,13 @@ def coverage(sq: np.ndarray, selected: np.ndarray, k: int) -> float:
   return float(np.mean(nearest_sq <= radius_sq))
 
 
-@jax.jit
-def _partial_ot_value(cost, col_mask, delta, epsilon, kappa):
-  return partial_ot.solve(cost, delta=delta, epsilon=epsilon, kappa=kappa,
-                          col_mask=col_mask).value
+@functools.partial(jax.jit, static_argnames='relative')
+def _partial_ot_value(full, mask, selected, kappa, delta_factor, epsilon, relative: bool):
+  """The solve of `partial_pot` on the class's padded [W, W] cost, mask [W], subset [m]."""
+  delta = partial_ot.class_delta(full, mask, delta_factor)
+  epsilon = partial_ot.resolve_epsilon(full, mask, epsilon, epsilon if relative else None)
+  return partial_ot.solve(full[selected], delta=delta, epsilon=epsilon, kappa=kappa,
+                          col_mask=mask).value
 
 
 def partial_pot(sq: np.ndarray, selected: np.ndarray, *, kappa: float, delta_factor: float,
@@ -147,14 +147,13 @@ def partial_pot(sq: np.ndarray, selected: np.ndarray, *, kappa: float, delta_fac
     epsilon_rel: relative regularisation (times the mean of sq), or None.
   """
   n = len(sq)
-  full = jnp.asarray(sq, jnp.float32)
-  delta = partial_ot.class_delta(full, None, delta_factor)
-  epsilon = partial_ot.resolve_epsilon(full, None, epsilon, epsilon_rel)
-  width = -(-n // _COLUMN_BUCKET) * _COLUMN_BUCKET
-  cost = np.zeros((len(selected), width), np.float32)
-  cost[:, :n] = sq[selected]
-  return float(_partial_ot_value(cost, np.arange(width) < n, delta, epsilon,
-                                 jnp.float32(kappa)))
+  width = partial_ot.bucket_size(n)
+  full = np.zeros((width, width), np.float32)
+  full[:n, :n] = sq
+  relative = epsilon_rel is not None
+  return float(_partial_ot_value(full, np.arange(width) < n, np.asarray(selected, np.int32),
+                                 np.float32(kappa), np.float32(delta_factor),
+                                 np.float32(epsilon_rel if relative else epsilon), relative))
 
 
 def diagnostics(features: np.ndarray, selected_idx: np.ndarray, ce: np.ndarray | None,

@@ -52,6 +52,17 @@ class PartialOTOutput(NamedTuple):
   n_iters: jax.Array
 
 
+# Classes are padded (masked) to a multiple of this many images where one class's partial
+# OT is solved alone (scoring, diagnostics), so classes of slightly different sizes share
+# one compiled program: an ImageNet class of 732 to 1,300 images costs a compile, not 400.
+SIZE_BUCKET = 256
+
+
+def bucket_size(n: int) -> int:
+  """The padded size of a class of n images: n rounded up to a multiple of SIZE_BUCKET."""
+  return -(-n // SIZE_BUCKET) * SIZE_BUCKET
+
+
 def _masked_pairs(cost_full: jax.Array, mask: Optional[jax.Array]) -> jax.Array:
   """[n, n] bool: both endpoints real."""
   n = cost_full.shape[0]

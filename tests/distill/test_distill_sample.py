@@ -106,7 +106,7 @@ def test_refuses_a_generator_of_another_class_count(trained, monkeypatch):
   monkeypatch.setattr(input_pipeline, 'split_info', lambda *a, **k: five)
   config = config.copy_and_resolve_references()
   config.distill_sample.name = 'five-classes'
-  with pytest.raises(ValueError, match='not trained for the 5 classes of gadc_digits'):
+  with pytest.raises(ValueError, match='not trained for the 5 classes of the data'):
     distill_sample.run(config, workdir)
 
 

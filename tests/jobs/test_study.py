@@ -40,9 +40,17 @@ def test_default_grid_is_37_cells_with_five_gadc_ablations():
   assert study.cell_config(config, by_group['gadc-no_refinement']).select.gadc.rounds == 0
   full = study.cell_config(config, by_group['full'])
   assert full.train.selection == '' and by_group['full'].family == 'reference'
-  # Processes take disjoint shares that together are the grid.
-  shares = [study.process_share(grid, i, 3) for i in range(3)]
-  assert sorted(c.name for s in shares for c in s) == sorted(c.name for c in grid)
+  # A method that reads no seed makes one selection for all three seeds; a seeded one three.
+  made = [cfg.select for cfg in study.selections(config, grid)]
+  assert len(made) == 3 * 3 + 4 + 5
+  names = {s.name for s in made}
+  assert {'random-10%-seed0', 'random-10%-seed2', 'herding-10%', 'gadc-10%',
+          'gadc-no_ot-10%'} <= names and len(names) == len(made)
+  gadc = [study.cell_config(config, c) for c in grid if c.group == 'gadc']
+  assert [c.train.seed for c in gadc] == [0, 1, 2]
+  assert all(c.select == gadc[0].select for c in gadc)
+  randoms = [study.cell_config(config, c).select for c in grid if c.group == 'random']
+  assert [s.seed for s in randoms] == [0, 1, 2]
 
 
 @pytest.mark.parametrize('key, value, match', [
@@ -108,9 +116,11 @@ def test_smoke_study_writes_cells_and_resumes_after_a_kill(tmp_path, tfds_dir, m
     assert 0.0 <= rec['metrics']['cas'] <= 1.0
     assert not any('_std_' in k for k in rec['metrics'])
     assert {'selection.w2', 'evaluation.w2'} <= set(rec['diagnostics'])
-    assert set(rec['seconds']) == {'select', 'train', 'sample', 'evaluate', 'cas', 'total'}
+    assert set(rec['seconds']) == {'select', 'selection_made', 'train', 'sample', 'evaluate',
+                                   'cas', 'total'}
     assert all(isinstance(v, (int, float, str, bool)) for v in rec['hparams'].values())
     assert rec['hparams']['select.seed'] == rec['hparams']['train.seed'] == cell.seed
+    assert rec['selection'] == f'selections/{cell.name}'
     assert os.path.exists(os.path.join(workdir, rec['selection'], 'selection.json'))
   # The report the study ends with: every mean in report.md recomputed from the cells' JSON,
   # a results.csv row per cell, every linked plot on disk.

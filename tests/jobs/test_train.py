@@ -2,16 +2,19 @@
 
 import glob
 import os
+import re
 import signal
 import subprocess
 import sys
 import textwrap
 
+import flax
 import jax
 import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
+import torch
 
 from gadc_jax import artifacts
 from gadc_jax import defaults
@@ -217,6 +220,54 @@ def test_sample_job_is_balanced_resumable_and_checked(tfds_dir, tmp_path):
   config.train.name = layout.train_name(tiny_config(tfds_dir))
   with pytest.raises(ValueError, match='does not fit the configured model'):
     generator.restore_ema_params(config, workdir, 10, (8, 8, 1))
+
+
+def _release_state_dict(params) -> dict:
+  """Flax DiT params -> a state_dict in the DiT release's layout (names and torch shapes):
+  the inverse of convert.dit_from_torch, written out here as the oracle."""
+  renames = [(r'^x_embedder\.', 'x_embedder.proj.'), (r'^t_embedder\.fc1', 't_embedder.mlp.0'),
+             (r'^t_embedder\.fc2', 't_embedder.mlp.2'),
+             (r'^y_embedder\.embedding$', 'y_embedder.embedding_table.weight'),
+             (r'adaLN_modulation\.', 'adaLN_modulation.1.'), (r'blocks_(\d+)', r'blocks.\1'),
+             (r'\.(kernel|scale)$', '.weight')]
+  state = {}
+  for path, array in flax.traverse_util.flatten_dict(params['params']).items():
+    name, array = '.'.join(path), np.asarray(array)
+    if path[-1] == 'kernel':  # Flax [*window, in, out] / [in, out] -> torch [out, in, ...].
+      array = array.transpose(array.ndim - 1, array.ndim - 2, *range(array.ndim - 2))
+    for pattern, repl in renames:
+      name = re.sub(pattern, repl, name)
+    state[name] = torch.from_numpy(np.ascontiguousarray(array))
+  return state
+
+
+def test_sample_job_reads_a_published_generator_file(tfds_dir, tmp_path):
+  """config.train.weights: the release-layout file of a run's EMA params samples the same
+  images as the run, with no train run in the workdir; the train job refuses to train, and a
+  file of another class count is refused naming both counts."""
+  config = tiny_config(tfds_dir)
+  trained = str(tmp_path / 'trained')
+  train.run(config, trained)
+  with np.load(sample.run(config, trained)['path']) as z:
+    expected = z['images']
+  _, params, _ = generator.restore_ema_params(config, trained, 10, (8, 8, 1))
+  weights = str(tmp_path / 'DiT-tiny.pt')
+  torch.save(_release_state_dict(params), weights)
+
+  config.train.weights = weights
+  published = str(tmp_path / 'published')
+  with np.load(sample.run(config, published)['path']) as z:
+    np.testing.assert_array_equal(z['images'], expected)
+  assert not os.path.exists(os.path.join(published, 'train'))
+  with pytest.raises(ValueError, match='config.train.weights is set'):
+    train.run(config, published)
+
+  state = _release_state_dict(params)
+  state['y_embedder.embedding_table.weight'] = state['y_embedder.embedding_table.weight'][:6]
+  torch.save(state, weights)
+  config.sample.name = 'five-classes'
+  with pytest.raises(ValueError, match='is a generator of 5 classes; the data have 10'):
+    sample.run(config, published)
 
 
 def test_bad_input(tfds_dir, tmp_path):

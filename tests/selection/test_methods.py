@@ -49,3 +49,17 @@ def test_a_class_alone_and_in_a_padded_batch_of_sixteen_agree(name):
   for b in (0, 7, 15):
     alone = select(problem_lib.stack_problems([problems[b]]), m, cfg, keys[b:b + 1])
     np.testing.assert_array_equal(batched.indices[b], alone.indices[0], err_msg=f'class {b}')
+
+
+# GADC's search compiles for a minute on the CPU: slow, as above.
+@pytest.mark.parametrize('name', [
+    pytest.param(name, marks=pytest.mark.slow) if name == 'gadc' else name
+    for name in defaults.METHODS])
+def test_reads_seed_says_whether_the_keys_change_the_subset(name):
+  """A study shares one selection over the seeds of a method that reads no seed, so that
+  method must give the same subset for any keys; a seeded one must not."""
+  problems = problem_lib.stack_problems([_class(200 + b, 40) for b in range(4)])
+  select, cfg = methods.get_method(name), _options(name)
+  picks = [np.asarray(select(problems, 6, cfg, jax.random.split(jax.random.key(seed), 4))
+                      .indices) for seed in (0, 1)]
+  assert np.array_equal(*picks) == (not methods.reads_seed(name))
