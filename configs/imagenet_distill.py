@@ -17,12 +17,9 @@ DiT-XL/2 on the whole train split first.
 
 Teachers are torchvision's published ImageNet weights (converted on load, local files); the
 surrogate of IGD's influence term is teacher_a. Students are ResNet-18s trained from scratch
-(AdamW, cosine schedule, RDED / IGD's protocol: 300 epochs of the distilled set) with random
-shifts and flips at 224 px.
-
-Not yet covered here (see the README's distillation section): the students' BatchNorm runs in
-eval mode (Flax ResNet has no train-mode BatchNorm yet: its layers then act as fixed affine
-maps), nor random-resized-crop.
+(AdamW, cosine schedule, RDED / IGD's protocol: 300 epochs of the distilled set) with
+random-resized crops and flips, their BatchNorm in train mode. They train at the data's
+256 px (the student step does not resize to a network's input_size).
 """
 
 import ml_collections
@@ -81,7 +78,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train_students.batch_size = 128
   config.train_students.learning_rate = 1e-3
   config.train_students.warmup_steps = 500
-  config.train_students.augment = ml_collections.ConfigDict({'shift': 16, 'flip': True})
+  # RDED / IGD's protocol: RandomResizedCrop (torchvision's defaults) and horizontal flips.
+  config.train_students.augment = ml_collections.ConfigDict({
+      'shift': 0, 'flip': True, 'resized_crop_scale': (0.08, 1.0),
+      'resized_crop_ratio': (3 / 4, 4 / 3)})
 
   config.distill = defaults.distill()
   config.report = defaults.report()  # the distill job's table and plots (report.root: set by the job)

@@ -503,8 +503,13 @@ def train_students() -> ml_collections.ConfigDict:
       'learning_rate': 3e-3,
       'weight_decay': 0.01,
       'warmup_steps': 0,
-      # Augmentation: shifts of up to `shift` pixels (edge padding, random crop) and flips.
-      'augment': ml_collections.ConfigDict({'shift': 1, 'flip': False}),
+      # Augmentation: a random-resized crop (torchvision's RandomResizedCrop: a box of a
+      # fraction resized_crop_scale = (min, max) of the area, aspect ratio (width / height) in
+      # resized_crop_ratio, resized back; () = off), then shifts of up to `shift` pixels (edge
+      # padding, random crop) and flips.
+      'augment': ml_collections.ConfigDict({
+          'shift': 1, 'flip': False, 'resized_crop_scale': (),
+          'resized_crop_ratio': (3 / 4, 4 / 3)}),
       'lia': lia(),
       'otm': otm(),
   })

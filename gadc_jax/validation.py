@@ -33,3 +33,17 @@ def require(cfg, where: str, *, positive_ints: Iterable[str] = (),
       value = cfg[name]
       if not ok(value):
         raise ValueError(f'{where}.{name} must be {expected}, got {value!r}')
+
+
+def require_interval(value: Any, key: str, *, upper: float = math.inf,
+                     may_be_off: bool = False) -> None:
+  """Checks that config value `key` is (min, max), finite numbers with
+  0 < min <= max <= upper, or () (off) when `may_be_off`."""
+  if may_be_off and isinstance(value, (tuple, list)) and not value:
+    return
+  if not (isinstance(value, (tuple, list)) and len(value) == 2
+          and all(_number(v) and math.isfinite(v) for v in value)
+          and 0 < value[0] <= value[1] <= upper):
+    bound = '' if math.isinf(upper) else f' <= {upper:g}'
+    off = '() (off) or ' if may_be_off else ''
+    raise ValueError(f'{key} must be {off}(min, max) with 0 < min <= max{bound}, got {value!r}')

@@ -1,5 +1,7 @@
-"""ResNet-18, ResNet-34 and ResNet-50 in Flax, laid out as torchvision's (v1.5: ResNet-50 strides in the
-3x3 conv of a bottleneck), eval mode (BatchNorm running stats, eps 1e-5).
+"""ResNet-18, ResNet-34 and ResNet-50 in Flax, laid out as torchvision's (v1.5: ResNet-50
+strides in the 3x3 conv of a bottleneck), with torchvision's BatchNorm (eps 1e-5, momentum
+0.1): by default in eval mode (running statistics); with `train=True` it normalises with the
+batch's statistics and updates the running ones (apply with mutable=['batch_stats']).
 
 Input: images [B, H, W, 3] in [-1, 1], typically 224 x 224 (any size >= 32 works: the head
 pools globally). torchvision's weights expect ImageNet-normalised RGB, so the module maps
@@ -11,9 +13,11 @@ import functools
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 _BN_EPS = 1e-5
+_BN_MOMENTUM = 0.1  # torchvision's: the weight of the new batch in the running statistics.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -25,6 +29,42 @@ def imagenet_normalize(images: jnp.ndarray) -> jnp.ndarray:
   """[-1, 1] RGB [..., 3] -> (rgb01 - mean) / std, what torchvision-style weights expect."""
   rgb01 = (images + 1.0) / 2.0
   return (rgb01 - jnp.array(IMAGENET_MEAN)) / jnp.array(IMAGENET_STD)
+
+
+class BatchNorm(nn.Module):
+  """torchvision's BatchNorm2d over the last axis of x [..., C], with Flax's variable names.
+
+  train: normalise with the batch's statistics and update the running ones; else use them.
+  Its own module rather than nn.BatchNorm because torch updates the running variance with
+  the unbiased batch variance, Flax with the biased one: at the last stage of a small image
+  (a few positions per channel) the two differ by a large factor.
+  """
+  train: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    features = x.shape[-1]
+    running_mean = self.variable('batch_stats', 'mean', jnp.zeros, (features,), jnp.float32)
+    running_var = self.variable('batch_stats', 'var', jnp.ones, (features,), jnp.float32)
+    scale = self.param('scale', nn.initializers.ones, (features,), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, (features,), jnp.float32)
+    if self.train:
+      axes = tuple(range(x.ndim - 1))
+      count = x.size // features
+      if count < 2:
+        raise ValueError('BatchNorm in train mode needs more than one value per channel, '
+                         f'got input {x.shape}')
+      mean = jnp.mean(x, axes, dtype=jnp.float32)
+      var = jnp.var(x, axes, dtype=jnp.float32)
+      if not self.is_initializing():
+        running_mean.value = (1 - _BN_MOMENTUM) * running_mean.value + _BN_MOMENTUM * mean
+        running_var.value = ((1 - _BN_MOMENTUM) * running_var.value
+                             + _BN_MOMENTUM * var * count / (count - 1))
+    else:
+      mean, var = running_mean.value, running_var.value
+    y = (x - mean) * (jax.lax.rsqrt(var + _BN_EPS) * scale) + bias
+    return y.astype(self.dtype)
 
 
 class ResidualBlock(nn.Module):
@@ -40,10 +80,9 @@ class ResidualBlock(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+  def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
-    bn = functools.partial(nn.BatchNorm, use_running_average=True, epsilon=_BN_EPS,
-                           dtype=self.dtype)
+    bn = functools.partial(BatchNorm, train=train, dtype=self.dtype)
     if self.bottleneck:
       # (out channels, kernel, stride): the stride sits on the 3x3 conv.
       layers = [(self.width, 1, 1), (self.width, 3, self.strides), (4 * self.width, 1, 1)]
@@ -65,6 +104,9 @@ class ResidualBlock(nn.Module):
 class ResNet(nn.Module):
   """images [B, H, W, 3] in [-1, 1] -> (features [B, 512 or 2048], logits [B, num_classes]).
 
+  `train`: BatchNorm normalises with the batch's statistics and updates the running ones
+  (apply with mutable=['batch_stats']); otherwise it uses the running ones.
+
   Attributes:
     depth: 18, 34 or 50.
     num_classes: width of the final linear layer `fc`.
@@ -75,21 +117,20 @@ class ResNet(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, images: jnp.ndarray):
+  def __call__(self, images: jnp.ndarray, train: bool = False):
     if self.depth not in _LAYOUTS:
       raise ValueError(f'ResNet depth must be one of {sorted(_LAYOUTS)}, not {self.depth}')
     stages, bottleneck = _LAYOUTS[self.depth]
     x = imagenet_normalize(images).astype(self.dtype)
     x = nn.Conv(64, (7, 7), strides=2, padding=3, use_bias=False, dtype=self.dtype,
                 name='conv1')(x)
-    x = nn.BatchNorm(use_running_average=True, epsilon=_BN_EPS, dtype=self.dtype,
-                     name='bn1')(x)
+    x = BatchNorm(train, self.dtype, name='bn1')(x)
     x = nn.max_pool(nn.relu(x), (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for stage, num_blocks in enumerate(stages):
       for block in range(num_blocks):
         strides = 2 if stage > 0 and block == 0 else 1
         x = ResidualBlock(64 * 2**stage, strides, bottleneck, self.dtype,
-                          name=f'layer{stage + 1}_{block}')(x)
+                          name=f'layer{stage + 1}_{block}')(x, train)
     features = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     return features, nn.Dense(self.num_classes, name='fc')(features)
 

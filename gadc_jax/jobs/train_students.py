@@ -34,10 +34,23 @@ def _recipe(cfg, labeler) -> students_lib.Recipe:
   return students_lib.Recipe(
       steps=cfg.steps, batch_size=cfg.batch_size, learning_rate=float(cfg.learning_rate),
       weight_decay=float(cfg.weight_decay), warmup_steps=cfg.warmup_steps,
-      shift=cfg.augment.shift, flip=bool(cfg.augment.flip), hard_only=cfg.labels == 'hard',
+      augmentation=students_lib.Augmentation(
+          shift=cfg.augment.shift, flip=bool(cfg.augment.flip),
+          resized_crop_scale=tuple(float(v) for v in cfg.augment.resized_crop_scale),
+          resized_crop_ratio=tuple(float(v) for v in cfg.augment.resized_crop_ratio)),
+      hard_only=cfg.labels == 'hard',
       weights=tuple(sorted((k, float(v) if k != 'iterations' else int(v))
                            for k, v in cfg.otm.items())),
       labeler=labeler)
+
+
+def _augment_inputs(augment) -> dict:
+  """What of config.train_students.augment the students depend on: the crop's settings only
+  when it is on, so the records of students trained without it stay valid."""
+  settings = augment.to_dict()
+  if not augment.resized_crop_scale:
+    del settings['resized_crop_scale'], settings['resized_crop_ratio']
+  return settings
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -61,7 +74,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       'teachers': {n: networks.network_record(config, workdir, n)['params_fingerprint']
                    for n in teachers},
       'training': {k: cfg[k] for k in _TRAINING},
-      'augment': cfg.augment.to_dict(),
+      'augment': _augment_inputs(cfg.augment),
       'lia': {k: cfg.lia[k] for k in ('temperature', 'mode')} if teachers else {},
       'otm': cfg.otm.to_dict() if teachers else {},
   }
